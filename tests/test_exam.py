@@ -1,0 +1,70 @@
+import torch
+
+from l2r_lib.config import ExamConfig
+from l2r_lib.exam import AnswerLineStop, run_exam, save_exam, trim_completion
+from l2r_lib.prompts import build_prompt, format_target
+from l2r_lib.records import ExamRecord, load_jsonl
+from l2r_lib.student import build_tiny_student, load_tokenizer
+from l2r_lib.tasks import load_examples
+
+
+def test_trim_completion():
+    assert trim_completion(" 2 + 2 = 4.\nAnswer: 4\nQuestion: next?") == "2 + 2 = 4.\nAnswer: 4"
+    assert trim_completion(" 2 + 2 = 4.\nQuestion: next?") == "2 + 2 = 4."
+    assert trim_completion(" still thinking") == "still thinking"
+
+
+def test_stop_is_per_sequence():
+    tok = load_tokenizer()
+    prompt = "Question: q\nReasoning:"
+    texts = [prompt + " 1 + 1 = 2.\nAnswer: 2\n", prompt + " 1 + 1 = 2.\nAnswer:", prompt + " 3 apples"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    batch = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids])
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    stop = AnswerLineStop(tok, width - (len(ids[0]) - n_prompt))
+    assert stop(batch, None).tolist()[0] is True
+    assert stop(batch, None).tolist()[2] is False
+
+
+def test_prompt_and_target_share_one_format():
+    tok = load_tokenizer()
+    plain = build_prompt("What is 2 + 2?")
+    assert plain.endswith("Question: What is 2 + 2?\nReasoning:")
+    chat = build_prompt("What is 2 + 2?", tok, chat=True)
+    assert chat.endswith("Reasoning:") and "<|im_start|>assistant" in chat
+    assert format_target("2 + 2 = 4.", "4") == " 2 + 2 = 4.\nAnswer: 4"
+
+
+def test_exam_mechanics_on_a_tiny_model(tmp_path):
+    """Batched, length-sorted exam: records in input order, sampling gives k answers each."""
+    model, tok = build_tiny_student(), load_tokenizer()
+    examples = load_examples("synthetic", "test")[:6]
+    res = run_exam(model, tok, examples, "synthetic", ExamConfig(max_new_tokens=8, batch_size=4), progress=False)
+    assert [r.id for r in res.records] == [e.id for e in examples]
+    assert res.generated_tokens > 0 and 0.0 <= res.accuracy <= 1.0
+    sampled = run_exam(model, tok, examples, "synthetic",
+                       ExamConfig(max_new_tokens=8, batch_size=4, num_samples=3), progress=False)
+    assert all(len(r.rationales) == len(r.answers) == len(r.correct) == 3 for r in sampled.records)
+    path = save_exam(res, tmp_path)
+    assert load_jsonl(ExamRecord, path) == res.records
+    assert (tmp_path / "exam.summary.json").is_file()
+
+
+def test_batched_exam_matches_one_at_a_time_on_smollm2(smollm2, data_dir):
+    """Padding and batching must not change what the real student answers."""
+    model, tok = smollm2
+    examples = load_examples("multiarith", "test", data_dir)[:6]
+    cfg = dict(max_new_tokens=96)
+    batched = run_exam(model, tok, examples, "multiarith", ExamConfig(batch_size=6, **cfg), progress=False)
+    single = run_exam(model, tok, examples, "multiarith", ExamConfig(batch_size=1, **cfg), progress=False)
+    same = sum(a.answers == b.answers for a, b in zip(batched.records, single.records))
+    assert same >= 5, [(a.answers, b.answers) for a, b in zip(batched.records, single.records)]
+    # the student really reasons: most completions state an answer
+    assert sum(r.answers[0] is not None for r in batched.records) >= 4
+
+
+def test_wrong_rationales_are_distinct():
+    rec = ExamRecord("q", "Q?", "4", "p", ["a", "a", "b", "c"], ["3", "3", "4", "5"], [False, False, True, False])
+    assert rec.wrong_rationales() == ["a", "c"]
+    assert not rec.solved

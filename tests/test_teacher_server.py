@@ -41,6 +41,11 @@ def proxy(llama_url):
     p.stop()
 
 
+def _stored(path: Path) -> int:
+    with TeacherCache(path) as cache:
+        return len(cache)
+
+
 def _cfg(url: str, **kw) -> TeacherConfig:
     base = dict(kind="openai", model="smollm2", base_url=url, max_concurrency=8, max_tokens=16,
                 requests_per_minute=100_000, tokens_per_minute=10_000_000, timeout_s=120.0)
@@ -76,7 +81,7 @@ def test_30_percent_faults_all_200_complete_each_stored_once(llama_url, tmp_path
     finally:
         faulty.stop()
     s, u = faulty.stats, teacher.usage
-    assert len(records) == 200 and len(TeacherCache(tmp_path / "c.sqlite")) == 200
+    assert len(records) == 200 and _stored(tmp_path / "c.sqlite") == 200
     assert set(s.faults) == set(FAULTS) and sum(s.faults.values()) >= 40
     assert u.requests == s.ok == 200 and s.abandoned == 0
     assert (u.prompt_tokens, u.completion_tokens) == (s.prompt_tokens, s.completion_tokens)
@@ -90,18 +95,18 @@ def test_sigkilled_run_resumes_sending_only_the_unanswered(proxy, tmp_path):
     env = {**os.environ, "OPENAI_API_KEY": DUMMY_KEY}
     job = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + 300
-    while not (cache.exists() and len(TeacherCache(cache)) >= n // 3):
+    while not (cache.exists() and _stored(cache) >= n // 3):
         assert job.poll() is None, "the job ended before it could be killed"
         assert time.monotonic() < deadline, "the job stored too few answers in 300 s"
         time.sleep(0.2)
     job.send_signal(signal.SIGKILL)
     job.wait()
-    answered = len(TeacherCache(cache))
+    answered = _stored(cache)
     assert 0 < answered < n
     time.sleep(0.5)  # let the proxy see the dead client's connections close
     proxy.reset()
 
     subprocess.run(cmd, env=env, check=True, timeout=300)
     assert proxy.stats.received == n - answered
-    assert len(TeacherCache(cache)) == n
+    assert _stored(cache) == n
     assert files_containing(tmp_path, DUMMY_KEY) == []

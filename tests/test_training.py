@@ -154,15 +154,15 @@ def test_prompt_cache_gives_one_pass_representations(tokenizer, representation):
 # --- training -----------------------------------------------------------------------------------
 
 def test_thirty_steps_lower_mle_and_triplet(tmp_path):
-    teacher, exams = make_records(8)  # 16 rows, 14 with a triplet; batches of 4: 4 steps an epoch
-    cfg = TrainConfig(epochs=7.5, batch_size=4, lr=1e-2, warmup_ratio=0.0, lora_dropout=0.0, save_steps=0)
+    teacher, exams = make_records(4)  # 8 rows, 6 with a triplet; batches of 4: 2 steps an epoch
+    cfg = TrainConfig(epochs=15, batch_size=4, lr=1e-2, warmup_ratio=0.0, lora_dropout=0.0, save_steps=0)
     result = train_round(teacher, exams, cfg, TINY, tmp_path / "round1", resume=False)
     rows = read_losses(result.losses_csv)
     assert result.steps == 30 and [r["step"] for r in rows] == list(range(1, 31))
-    first, last = rows[:6], rows[-6:]
+    first, last = rows[:6], rows[-6:]  # three epochs each
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
-    assert mean(last, "mle") < mean(first, "mle") - 0.3
-    assert mean(last, "triplet") < 0.5 * mean(first, "triplet")
+    assert mean(last, "mle") < mean(first, "mle") - 0.15
+    assert mean(first, "triplet") > 0.02 and mean(last, "triplet") < 0.5 * mean(first, "triplet")
     for r in rows:
         assert r["total"] == pytest.approx(r["mle"] + cfg.reflection_weight * r["triplet"], rel=1e-5)
 
@@ -207,7 +207,7 @@ def test_round_two_starts_from_round_one_adapter(tmp_path):
             torch.testing.assert_close(start[k], v)
     second = train_round(teacher + second_records, exams, cfg, TINY, tmp_path / "round2",
                          init_adapter=first.adapter_dir, round_idx=2)
-    assert second.steps == 1  # 4 rows of round 2, batches of 4
+    assert second.steps == 2  # 4 rows of round 2 but only 2 questions: batches of 2
 
 
 RUNNER = textwrap.dedent("""

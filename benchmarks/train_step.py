@@ -1,0 +1,119 @@
+"""Seconds per training step and tokens/s: MLE only vs MLE + self-reflection, in one run.
+
+SmolLM2-135M-Instruct with LoRA (fp32 on the CPU; bf16 on a GPU when there is one), a batch of
+4 MultiArith questions in the chat prompt (~90 tokens) with recorded text-davinci-002 rationales
+(~70 tokens): the anchor is a correct recorded rationale, the positive the same question's gold
+equation rationale, the negative a wrong recorded rationale (of another question: only the
+lengths matter here). Steps of the two kinds alternate, so load on the machine hits both alike.
+The last line is ``ratio: X.XX``, (MLE + reflection) / MLE seconds per step, the worst device.
+
+    python benchmarks/train_step.py [--steps 4] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from l2r_lib import paths
+from l2r_lib.config import StudentConfig, TrainConfig
+from l2r_lib.records import ExamRecord, TeacherRecord
+from l2r_lib.tasks import load_examples
+from l2r_lib.training import (
+    QuestionBatchSampler, ReflectionCollator, ReflectionTrainer, build_features, build_student, training_arguments,
+)
+
+BATCH = 4  # distinct questions per batch
+
+
+def recorded_batch(data_dir: Path) -> tuple[list[TeacherRecord], list[ExamRecord]]:
+    rows = [json.loads(line) for line in (data_dir / "recorded_teacher" / "multiarith.zero_shot_cot.text-davinci-002.jsonl").open()]
+    gold_rationale = {e.question: e.rationale for e in load_examples("multiarith", "train", data_dir)}
+    right = [r for r in rows if r["teacher_correct"] and r["question"] in gold_rationale][:BATCH]
+    wrong = [r for r in rows if not r["teacher_correct"]][:BATCH]
+    teacher, exams = [], []
+    for i, (r, w) in enumerate(zip(right, wrong)):
+        qid = f"multiarith-bench-{i}"
+        rationale = r["completion"].split("Therefore, the answer")[0].strip()
+        for text in (rationale, gold_rationale[r["question"]]):
+            teacher.append(TeacherRecord(qid, r["question"], r["gold"], text, r["gold"], True, 1, "rationale", "replay"))
+        wrong_text = w["completion"].split("Therefore, the answer")[0].strip()
+        exams.append(ExamRecord(qid, r["question"], r["gold"], "", [wrong_text], [w["teacher_answer"]], [False]))
+    return teacher, exams
+
+
+def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> dict[bool, list[float]]:
+    model = trainer.model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    sync = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(steps + 1):  # the first round warms up
+        for reflect in (False, True):
+            trainer.use_reflection = reflect
+            sync()
+            start = time.perf_counter()
+            with trainer.compute_loss_context_manager():
+                loss = trainer.compute_loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            if i > 0:
+                times[reflect].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps of each kind (after one warm-up each)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_dir = paths.data_dir()
+    if data_dir is None:
+        raise SystemExit("set $L2R_DATA_DIR to the local data (../shared/data): the benchmark reads recorded rationales")
+    teacher, exams = recorded_batch(data_dir)
+    devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+    ratios = []
+    for device in devices:
+        cfg = TrainConfig(batch_size=BATCH)
+        student = StudentConfig(name="smollm2-135m", chat=True, dtype="auto" if device == "cuda" else "float32")
+        model, tokenizer = build_student(student, cfg)
+        model.to(device).train()
+        features = build_features(teacher, exams, tokenizer, cfg, student, round_idx=1)
+        features = [features[i] for i in range(0, len(features), 2)]  # one row (the recorded rationale) a question
+        batch = {k: v.to(device) for k, v in ReflectionCollator(tokenizer.pad_token_id)(features).items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+            trainer = ReflectionTrainer(
+                model=model, args=training_arguments(cfg, Path(tmp), 0, dtype), train_dataset=features,
+                data_collator=ReflectionCollator(tokenizer.pad_token_id), train_cfg=cfg, use_reflection=True,
+                batch_sampler=QuestionBatchSampler([f["question_id"] for f in features], BATCH),
+            )
+            times = time_steps(trainer, batch, args.steps)
+        tokens = int(batch["attention_mask"].sum())
+        view_tokens = int(batch["cont_attention_mask"].sum())
+        prompt_tokens = int(batch["prompt_attention_mask"].sum())
+        print(f"[{device}] {tokenizer.name_or_path.split('/')[-1]} LoRA r={cfg.lora_r} {dtype}, threads={torch.get_num_threads()}, "
+              f"batch {len(features)} x (prompt {prompt_tokens / len(features):.0f} + target {(tokens - prompt_tokens) / len(features):.0f} tokens), "
+              f"positive + negative {view_tokens} tokens")
+        per_step = {}
+        for reflect, label in ((False, "MLE only"), (True, "MLE + self-reflection")):
+            s = statistics.median(times[reflect])
+            per_step[reflect] = s
+            print(f"[{device}] {label:<22} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  (steps: {', '.join(f'{t:.3f}' for t in times[reflect])})")
+        ratio = per_step[True] / per_step[False]
+        print(f"[{device}] ratio {ratio:.2f}")
+        ratios.append(ratio)
+    print(f"ratio: {max(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()

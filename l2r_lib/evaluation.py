@@ -1,0 +1,230 @@
+"""Evaluation and reporting: error types, per-round metrics, the paper's tables and figures.
+
+Everything here reads saved run data only, so ``l2r tables`` can rebuild every table and figure
+of every run without running a model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from .records import ExamRecord
+from .tasks import get_task
+
+ERROR_TYPES = ("no answer", "wrong arithmetic step", "wrong operation/plan", "wrong choice")
+_CLAIM_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/x×÷])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
+_OPS = {"+": float.__add__, "-": float.__sub__, "*": float.__mul__, "x": float.__mul__, "×": float.__mul__,
+        "/": float.__truediv__, "÷": float.__truediv__}
+
+
+def first_false_claim(rationale: str) -> str | None:
+    """The first ``a op b = c`` in ``rationale`` whose arithmetic is wrong, or None."""
+    for m in _CLAIM_RE.finditer(rationale.replace(",", "")):
+        a, op, b, c = float(m.group(1)), m.group(2), float(m.group(3)), float(m.group(4))
+        try:
+            value = _OPS[op](a, b)
+        except ZeroDivisionError:
+            return m.group(0)
+        if abs(value - c) > 1e-4 * max(1.0, abs(value)):
+            return m.group(0)
+    return None
+
+
+def error_type(record: ExamRecord, task: str, sample: int = 0) -> str | None:
+    """Why a question was missed (one of ERROR_TYPES), or None when it was answered correctly."""
+    if record.correct[sample]:
+        return None
+    if record.answers[sample] is None:
+        return "no answer"
+    if get_task(task).answer_kind != "number":
+        return "wrong choice"
+    if first_false_claim(record.rationales[sample]):
+        return "wrong arithmetic step"
+    return "wrong operation/plan"
+
+
+def error_table(records: list[ExamRecord], task: str) -> pd.DataFrame:
+    counts = Counter(t for t in (error_type(r, task) for r in records) if t)
+    total = max(len(records), 1)
+    rows = [{"error type": t, "questions": counts.get(t, 0), "share of all": counts.get(t, 0) / total}
+            for t in ERROR_TYPES if t in counts or get_task(task).answer_kind == "number" or t in ("no answer", "wrong choice")]
+    return pd.DataFrame(rows)
+
+
+def fixed_and_broken(before: list[ExamRecord], after: list[ExamRecord]) -> tuple[list[ExamRecord], list[ExamRecord]]:
+    """Questions right now but wrong before (fixed), and the reverse (broken)."""
+    was = {r.id: r.correct[0] for r in before}
+    fixed = [r for r in after if r.correct[0] and was.get(r.id) is False]
+    broken = [r for r in after if not r.correct[0] and was.get(r.id) is True]
+    return fixed, broken
+
+
+# --- tables over saved runs --------------------------------------------------------------
+
+def collect_metrics(results_root: str | Path) -> pd.DataFrame:
+    """One row per (run, method, task, round) from every ``metrics.json`` under ``results_root``."""
+    rows = []
+    for path in sorted(Path(results_root).glob("**/round-*/metrics.json")):
+        rows.append(json.loads(path.read_text()) | {"path": str(path.parent)})
+    columns = ["run", "method", "task", "round", "accuracy", "questions", "path"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def accuracy_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout: methods as rows, tasks as columns, final-round test accuracy (%)."""
+    final = metrics.sort_values("round").groupby(["method", "task"], as_index=False).last()
+    table = final.pivot(index="method", columns="task", values="accuracy") * 100
+    table.columns.name = None
+    return table.round(1)
+
+
+def by_round_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    table = metrics.pivot_table(index=["method", "task"], columns="round", values="accuracy") * 100
+    table.columns = [f"round {c}" for c in table.columns]
+    return table.round(1)
+
+
+def teacher_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    cols = ["method", "task", "round", "teacher", "teacher_requests", "teacher_kept", "teacher_dropped",
+            "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd"]
+    present = [c for c in cols if c in metrics.columns]
+    return metrics[present].sort_values(["method", "task", "round"]).reset_index(drop=True)
+
+
+def write_tables(run_dir: str | Path) -> dict[str, Path]:
+    """Write ``tables/*.md|csv`` and ``figures/*.png`` of one run from its saved metrics."""
+    run_dir = Path(run_dir)
+    metrics = collect_metrics(run_dir)
+    if metrics.empty:
+        raise FileNotFoundError(f"no round metrics under {run_dir}; has the run finished a round?")
+    (run_dir / "tables").mkdir(exist_ok=True)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    written = {}
+    who = _caption(run_dir)
+    tables = [
+        ("accuracy", accuracy_table(metrics), "Test accuracy (%) after the last round, methods x tasks."),
+        ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
+        ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round."),
+    ]
+    for name, table, caption in tables:
+        csv, md = run_dir / "tables" / f"{name}.csv", run_dir / "tables" / f"{name}.md"
+        index = name == "accuracy"
+        table.to_csv(csv, index=index)
+        shown = table.astype(object).where(table.notna(), None)  # NaN (no such round) prints as "–"
+        md.write_text(f"{caption} {who}\n\n{shown.to_markdown(index=index, missingval='–')}\n")
+        written[name] = md
+    written["accuracy_by_round_png"] = plot_accuracy_by_round(metrics, run_dir / "figures" / "accuracy_by_round.png")
+    losses = plot_losses(run_dir, run_dir / "figures" / "losses.png")
+    if losses:
+        written["losses_png"] = losses
+    return written
+
+
+def _caption(run_dir: Path) -> str:
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        return f"Run `{run_dir.name}`."
+    m = json.loads(manifest.read_text())
+    return f"Run `{m.get('run')}`, student `{m.get('student')}`, teacher: {m.get('teacher_description')}."
+
+
+def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None):
+    import matplotlib
+
+    matplotlib.use("Agg") if path else None
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = metrics.assign(accuracy_pct=metrics["accuracy"] * 100)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    sns.lineplot(data=data, x="round", y="accuracy_pct", hue="method", style="task", marker="o", ax=ax)
+    ax.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy by round")
+    ax.set_xticks(sorted(data["round"].unique()))
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return Path(path)
+    return fig
+
+
+def load_losses(run_dir: str | Path) -> pd.DataFrame:
+    frames = []
+    for csv in sorted(Path(run_dir).glob("**/round-*/losses.csv")):
+        df = pd.read_csv(csv)
+        if df.empty:
+            continue
+        parts = csv.parent.relative_to(run_dir).parts  # method/task/round-k
+        frames.append(df.assign(method=parts[-3], task=parts[-2], round=int(parts[-1].split("-")[1])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def plot_losses(run_dir: str | Path, path: str | Path | None = None, losses: pd.DataFrame | None = None):
+    """MLE and triplet loss per step, one panel each, a line per method/task/round."""
+    import matplotlib
+
+    matplotlib.use("Agg") if path else None
+    import matplotlib.pyplot as plt
+
+    losses = load_losses(run_dir) if losses is None else losses
+    if losses.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for (method, task, rnd), df in losses.groupby(["method", "task", "round"]):
+        for ax, col in zip(axes, ("mle", "triplet")):
+            if col in df:
+                ax.plot(df["step"], df[col], label=f"{method}/{task}/r{rnd}")
+    for ax, col in zip(axes, ("MLE loss", "triplet loss")):
+        ax.set(xlabel="step", title=col)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return Path(path)
+    return fig
+
+
+# --- notebook views -------------------------------------------------------------------------
+
+def plot_error_types(errors: pd.DataFrame, title: str = "Why the student was wrong"):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    sns.barplot(data=errors, y="error type", x="questions", ax=ax, color="tab:red")
+    ax.set(title=title, xlabel="questions", ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def side_by_side(records, n: int = 3, width: int = 400) -> pd.DataFrame:
+    """The student's wrong rationale next to what the teacher wrote about it (feedback rounds)."""
+    rows = [{"question": r.question[:width], "student (wrong)": (r.student_rationale or "")[:width],
+             "teacher": r.rationale[:width], "kept": r.kept} for r in records[:n]]
+    return pd.DataFrame(rows)
+
+
+def examples_table(records: list[ExamRecord], n: int = 3, width: int = 300) -> pd.DataFrame:
+    return pd.DataFrame([{"question": r.question[:width], "student": r.rationales[0][:width],
+                          "answer": r.answers[0], "gold": r.gold} for r in records[:n]])
+
+
+def keep_plot(records):
+    """Kept vs dropped teacher rationales (dropped: the answer disagrees with the gold one)."""
+    import matplotlib.pyplot as plt
+
+    kept = sum(r.kept for r in records)
+    fig, ax = plt.subplots(figsize=(4.5, 1.8))
+    ax.barh(["teacher rationales"], [kept], color="tab:green", label=f"kept {kept}")
+    ax.barh(["teacher rationales"], [len(records) - kept], left=[kept], color="tab:gray",
+            label=f"dropped {len(records) - kept}")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlabel="rationales")
+    fig.tight_layout()
+    return fig

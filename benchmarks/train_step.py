@@ -13,6 +13,7 @@ The last line is ``ratio: X.XX``, (MLE + reflection) / MLE seconds per step, the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -48,14 +49,22 @@ def recorded_batch(data_dir: Path) -> tuple[list[TeacherRecord], list[ExamRecord
     return teacher, exams
 
 
-def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> dict[bool, list[float]]:
-    model = trainer.model
+MODES = {  # label: (use_reflection, reflection_grad)
+    "MLE only": (False, "all"),
+    "MLE + self-reflection": (True, "all"),
+    "MLE + refl. (grad anchor)": (True, "anchor"),
+}
+
+
+def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> dict[str, list[float]]:
+    model, cfg = trainer.model, trainer.train_cfg
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     sync = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
-    times: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
     for i in range(steps + 1):  # the first round warms up
-        for reflect in (False, True):
+        for mode, (reflect, grad) in MODES.items():
             trainer.use_reflection = reflect
+            trainer.train_cfg = dataclasses.replace(cfg, reflection_grad=grad)
             sync()
             start = time.perf_counter()
             with trainer.compute_loss_context_manager():
@@ -65,7 +74,7 @@ def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> dict[bool
             optimizer.zero_grad(set_to_none=True)
             sync()
             if i > 0:
-                times[reflect].append(time.perf_counter() - start)
+                times[mode].append(time.perf_counter() - start)
     return times
 
 
@@ -104,13 +113,12 @@ def main() -> None:
         print(f"[{device}] {tokenizer.name_or_path.split('/')[-1]} LoRA r={cfg.lora_r} {dtype}, threads={torch.get_num_threads()}, "
               f"batch {len(features)} x (prompt {prompt_tokens / len(features):.0f} + target {(tokens - prompt_tokens) / len(features):.0f} tokens), "
               f"positive + negative {view_tokens} tokens")
-        per_step = {}
-        for reflect, label in ((False, "MLE only"), (True, "MLE + self-reflection")):
-            s = statistics.median(times[reflect])
-            per_step[reflect] = s
-            print(f"[{device}] {label:<22} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  (steps: {', '.join(f'{t:.3f}' for t in times[reflect])})")
-        ratio = per_step[True] / per_step[False]
-        print(f"[{device}] ratio {ratio:.2f}")
+        per_step = {mode: statistics.median(t) for mode, t in times.items()}
+        for mode, s in per_step.items():
+            print(f"[{device}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
+        print(f"[{device}] ratio, grad through anchor only: {per_step['MLE + refl. (grad anchor)'] / per_step['MLE only']:.2f}")
+        ratio = per_step["MLE + self-reflection"] / per_step["MLE only"]
+        print(f"[{device}] ratio, reflection_grad=all (default): {ratio:.2f}")
         ratios.append(ratio)
     print(f"ratio: {max(ratios):.2f}")
 

@@ -81,6 +81,7 @@ class TrainConfig:
     reflection_weight: float = 0.5  # lambda of the triplet term
     margin: float = 1.0  # triplet margin, distance = 1 - cosine
     representation: str = "last"  # last (hidden state of the last rationale token) | pool (mean)
+    reflection_grad: str = "all"  # all: triplet gradient through anchor, positive, negative (official) | anchor: positive and negative forward-only (cheaper)
     mix_previous_rounds: bool = False  # train round k on earlier rounds' teacher data too
     lora_r: int = 16
     lora_alpha: int = 32
@@ -92,6 +93,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check(self.representation in ("last", "pool"), "train.representation", self.representation, "must be last or pool")
+        _check(self.reflection_grad in ("all", "anchor"), "train.reflection_grad", self.reflection_grad, "must be all or anchor")
         _check(0.0 <= self.prompt_weight <= 1.0, "train.prompt_weight", self.prompt_weight, "must be in [0, 1]")
         _check(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "train.save_total_limit",

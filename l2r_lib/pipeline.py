@@ -14,6 +14,7 @@ import hashlib
 import json
 import platform
 import random
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -168,9 +169,9 @@ def load_teacher_round(rnd: Round, k: int | None = None) -> list[TeacherRecord]:
 
 
 def teacher_records(rnd: Round) -> list[TeacherRecord]:
-    """This round's kept teacher rationales, with earlier rounds' too when ``mix_previous_rounds``."""
-    rounds = range(1, rnd.round_idx + 1) if rnd.cfg.train.mix_previous_rounds else [rnd.round_idx]
-    return [r for k in rounds for r in load_teacher_round(rnd, k) if r.kept]
+    """Kept teacher rationales of rounds 1..k: training learns from round k's (all of them with
+    ``train.mix_previous_rounds``) and draws self-reflection positives from every round."""
+    return [r for k in range(1, rnd.round_idx + 1) for r in load_teacher_round(rnd, k) if r.kept]
 
 
 def round_training(rnd: Round) -> dict:
@@ -181,8 +182,12 @@ def round_training(rnd: Round) -> dict:
         return rnd.summary("03_round_training")
     started = time.perf_counter()
     records = teacher_records(rnd)
-    if not records:
-        raise RuntimeError(f"{rnd.dir}: no kept teacher rationales to train on; see 02_teacher_prompting")
+    if not any(r.round_idx == rnd.round_idx for r in records):
+        if rnd.previous_adapter is None:
+            raise RuntimeError(f"{rnd.dir}: no kept teacher rationales to train on; see 02_teacher_prompting")
+        # Nothing new to learn (no mistakes, or every feedback dropped): the student stays as it was.
+        shutil.copytree(rnd.previous_adapter, rnd.dir / "adapter", dirs_exist_ok=True)
+        return rnd.mark_done("03_round_training", {"steps": 0, "records": 0, "skipped": "no kept teacher data"}, started)
     train_cfg = rnd.cfg.train
     result = train_round(
         records, load_exam(rnd), train_cfg, rnd.cfg.student, rnd.dir, init_adapter=rnd.previous_adapter,

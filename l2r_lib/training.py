@@ -16,6 +16,7 @@ text (no eos) of another teacher rationale and of a wrong student rationale, as 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import inspect
@@ -261,7 +262,8 @@ class ReflectionTrainer(Trainer):
     Design: the anchor (prompt + target) is one ordinary forward with gradient; it gives the MLE
     (prompt tokens included, weight ``w``) and the anchor's representation, and its prompt
     keys/values, detached, are the cache that positives and negatives continue from (one batched
-    forward of 2K rows with gradient). The prompt is thus encoded once per batch. With gradient
+    forward of 2K rows, with gradient unless ``reflection_grad == "anchor"``). The prompt is thus
+    encoded once per batch. With gradient
     checkpointing (no cache from the anchor pass) the prompt is run once more without gradient.
     """
 
@@ -302,10 +304,11 @@ class ReflectionTrainer(Trainer):
                         input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
                         position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
                     ))
-            hidden = continuation_hidden(
-                model, prompt_cache(cache, P, rows, repeat=2), inputs["prompt_attention_mask"][rows].repeat(2, 1),
-                inputs["cont_input_ids"], inputs["cont_attention_mask"],
-            )
+            with torch.no_grad() if cfg.reflection_grad == "anchor" else contextlib.nullcontext():
+                hidden = continuation_hidden(
+                    model, prompt_cache(cache, P, rows, repeat=2), inputs["prompt_attention_mask"][rows].repeat(2, 1),
+                    inputs["cont_input_ids"], inputs["cont_attention_mask"],
+                )  # (2K, R, H)
             views = represent(hidden, inputs["cont_attention_mask"])  # (2K, H)
             positive, negative = views.chunk(2)
             triplet = triplet_loss(anchor, positive, negative, torch.ones_like(rows, dtype=torch.bool), cfg.margin)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,11 +60,33 @@ def start_llama_server(log_path: Path, ready_timeout_s: float = 180.0):
             raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}; see {log_path}:\n{log_path.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(base_url + "/models", timeout=2):
-                return proc, base_url
+                break
         except OSError:
             time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"llama_cpp.server did not answer within {ready_timeout_s:.0f} s; see {log_path}")
+    else:
+        proc.kill()
+        raise RuntimeError(f"llama_cpp.server did not answer within {ready_timeout_s:.0f} s; see {log_path}")
+    _smoke_test(proc, base_url, log_path)
+    return proc, base_url
+
+
+def _smoke_test(proc: subprocess.Popen, base_url: str, log_path: Path) -> None:
+    """One completion, so that a server that dies on inference fails here with the reason."""
+    body = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "1 + 1 ="}], "max_tokens": 4})
+    request = urllib.request.Request(base_url + "/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            json.loads(r.read())["choices"][0]["message"]["content"]
+    except OSError as e:
+        time.sleep(1)
+        code = proc.poll()
+        hint = (" (SIGILL: llama.cpp was built for CPU instructions this machine cannot run, e.g. AMX in a "
+                "sandbox; reinstall with CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON')"
+                if code == -signal.SIGILL else "")
+        proc.kill()
+        raise RuntimeError(f"llama_cpp.server failed its first completion ({e!r}; exit code {code}){hint}; "
+                           f"see {log_path}") from None
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:

@@ -265,3 +265,32 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(tmp_path):
     reference = read_losses(tmp_path / "straight" / "losses.csv")
     for a, b in zip(rows, reference):  # the same batches, in the same order, after the resume too
         assert a["total"] == pytest.approx(b["total"], rel=1e-4), (a, b)
+
+
+def test_reflection_grad_anchor_keeps_the_loss_and_cuts_the_views_gradient(tmp_path, tokenizer):
+    from l2r_lib.training import QuestionBatchSampler, ReflectionTrainer, training_arguments
+
+    teacher, exams = make_records(4)
+    cfg = TrainConfig(batch_size=4, lora_dropout=0.0)
+    model, _ = build_student(TINY, cfg)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # a non-zero adapter: the views' gradient reaches lora_A
+    feats = build_features(teacher, exams, tokenizer, cfg, TINY, round_idx=1)
+    batch = ReflectionCollator(tokenizer.pad_token_id)([feats[0], feats[2], feats[4]])
+    trainer = ReflectionTrainer(
+        model=model, args=training_arguments(cfg, tmp_path, 0, torch.float32), train_dataset=feats,
+        data_collator=ReflectionCollator(tokenizer.pad_token_id), train_cfg=cfg, use_reflection=True,
+        batch_sampler=QuestionBatchSampler([f["question_id"] for f in feats], 4),
+    )
+    losses, grads = {}, {}
+    for mode in ("all", "anchor"):
+        trainer.train_cfg = TrainConfig(batch_size=4, lora_dropout=0.0, reflection_grad=mode)
+        model.zero_grad()
+        losses[mode] = trainer.compute_loss(model, batch)
+        losses[mode].backward()
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(losses["all"], losses["anchor"])
+    assert not torch.allclose(grads["all"], grads["anchor"])
+    with pytest.raises(ValueError, match="reflection_grad"):
+        TrainConfig(reflection_grad="views")

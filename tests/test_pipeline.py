@@ -1,0 +1,99 @@
+"""The whole loop on params/tiny.yaml through papermill: killed mid-round-2, resumed, finished."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from l2r_lib import pipeline
+
+DUMMY_KEY = "sk-l2r-DUMMY-never-write-me-4242"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    """Run tiny.yaml in a subprocess, SIGKILL it during round 2's training, then run it again."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    env = {**os.environ, "OPENAI_API_KEY": DUMMY_KEY, "L2R_DATA_DIR": str(data_dir)}
+    cmd = [sys.executable, "-m", "l2r_lib.cli", "run", str(REPO / "params" / "tiny.yaml"), "--out", str(run_dir)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    target = run_dir / "tailored" / "synthetic" / "round-2" / "03_round_training.ipynb"
+    deadline = time.time() + 600
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    round1 = run_dir / "tailored" / "synthetic" / "round-1"
+    before = {p.name: p.stat().st_mtime_ns for p in round1.glob("*.done.json")}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"dir": run_dir, "killed": killed, "round1_before": before, "cmd": cmd, "env": env, "stdout": res.stdout}
+
+
+def test_killed_run_resumes_without_repeating_round_1(tiny_run):
+    assert tiny_run["killed"], "the run finished before it could be killed in round 2"
+    round1 = tiny_run["dir"] / "tailored" / "synthetic" / "round-1"
+    after = {p.name: p.stat().st_mtime_ns for p in round1.glob("*.done.json")}
+    assert len(after) == 4 and after == tiny_run["round1_before"]
+    assert "[l2r] tailored / synthetic / round 1" not in tiny_run["stdout"]
+    assert "[l2r] tailored / synthetic / round 2: 03_round_training" in tiny_run["stdout"]
+
+
+def test_every_notebook_of_every_round_executed(tiny_run):
+    run = tiny_run["dir"]
+    for method, rounds in [("tailored", 2), ("std-cot", 1)]:
+        for k in range(1, rounds + 1):
+            for nb in pipeline.NOTEBOOKS:
+                out = run / method / "synthetic" / f"round-{k}" / f"{nb}.ipynb"
+                cells = json.loads(out.read_text())["cells"]
+                errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+                assert not errors, (out, errors)
+                assert any(c.get("outputs") for c in cells if c["cell_type"] == "code"), out
+
+
+def test_tables_and_figures_hold_numbers(tiny_run):
+    run = tiny_run["dir"]
+    acc = pd.read_csv(run / "tables" / "accuracy.csv", index_col=0)
+    assert set(acc.index) == {"tailored", "std-cot"} and list(acc.columns) == ["synthetic"]
+    assert acc.notna().all().all() and ((acc >= 0) & (acc <= 100)).all().all()
+    by_round = pd.read_csv(run / "tables" / "accuracy_by_round.csv")
+    assert by_round.loc[by_round.method == "tailored", "round 2"].notna().all()
+    teacher = pd.read_csv(run / "tables" / "teacher.csv")
+    assert len(teacher) == 3 and (teacher["teacher_kept"] > 0).all()
+    for fig in ("accuracy_by_round.png", "losses.png"):
+        assert (run / "figures" / fig).stat().st_size > 5_000
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["name"] == "tiny" and manifest["prompt_templates"] and manifest["packages"]["torch"]
+    losses = pd.read_csv(run / "tailored" / "synthetic" / "round-2" / "losses.csv")
+    assert len(losses) > 0 and losses["mle"].notna().all()
+
+
+def test_rerun_of_a_finished_run_redoes_nothing(tiny_run):
+    run = tiny_run["dir"]
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("**/*.ipynb")}
+    res = subprocess.run(tiny_run["cmd"], env=tiny_run["env"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "[l2r]" not in res.stdout
+    assert {p: p.stat().st_mtime_ns for p in run.glob("**/*.ipynb")} == stamps
+
+
+def test_the_api_key_is_written_nowhere(tiny_run):
+    hits = [p for p in tiny_run["dir"].rglob("*") if p.is_file() and DUMMY_KEY.encode() in p.read_bytes()]
+    assert not hits
+
+
+def test_tables_rebuild_from_saved_runs_alone(tiny_run, tmp_path):
+    for table in (tiny_run["dir"] / "tables").glob("*"):
+        table.unlink()
+    res = subprocess.run([sys.executable, "-m", "l2r_lib.cli", "tables", "--results", str(tiny_run["dir"].parent)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tiny_run["dir"] / "tables" / "accuracy.md").read_text().count("|") > 4

@@ -116,10 +116,11 @@ def main() -> None:
         per_step = {mode: statistics.median(t) for mode, t in times.items()}
         for mode, s in per_step.items():
             print(f"[{device}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
-        print(f"[{device}] ratio, grad through anchor only: {per_step['MLE + refl. (grad anchor)'] / per_step['MLE only']:.2f}")
-        ratio = per_step["MLE + self-reflection"] / per_step["MLE only"]
-        print(f"[{device}] ratio, reflection_grad=all (default): {ratio:.2f}")
-        ratios.append(ratio)
+        by_grad = {"anchor": per_step["MLE + refl. (grad anchor)"] / per_step["MLE only"],
+                   "all": per_step["MLE + self-reflection"] / per_step["MLE only"]}
+        for grad, r in by_grad.items():
+            print(f"[{device}] ratio, reflection_grad={grad}{' (default)' if grad == cfg.reflection_grad else ''}: {r:.2f}")
+        ratios.append(by_grad[cfg.reflection_grad])
     print(f"ratio: {max(ratios):.2f}")
 
 

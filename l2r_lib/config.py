@@ -81,7 +81,7 @@ class TrainConfig:
     reflection_weight: float = 0.5  # lambda of the triplet term
     margin: float = 1.0  # triplet margin, distance = 1 - cosine
     representation: str = "last"  # last (hidden state of the last rationale token) | pool (mean)
-    reflection_grad: str = "all"  # all: triplet gradient through anchor, positive, negative (official) | anchor: positive and negative forward-only (cheaper)
+    reflection_grad: str = "anchor"  # anchor: positive/negative forward-only (fits 1.5x an MLE step) | all: gradient through all three views (the official code)
     mix_previous_rounds: bool = False  # train round k on earlier rounds' teacher data too
     lora_r: int = 16
     lora_alpha: int = 32

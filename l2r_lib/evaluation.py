@@ -134,9 +134,6 @@ def _caption(run_dir: Path) -> str:
 
 
 def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None):
-    import matplotlib
-
-    matplotlib.use("Agg") if path else None
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -145,12 +142,19 @@ def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None
     sns.lineplot(data=data, x="round", y="accuracy_pct", hue="method", style="task", marker="o", ax=ax)
     ax.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy by round")
     ax.set_xticks(sorted(data["round"].unique()))
+    return _show_or_save(fig, path)
+
+
+def _show_or_save(fig, path: str | Path | None):
+    """The figure itself (notebooks show it), or saved to ``path`` and closed (reports)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return Path(path)
-    return fig
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def load_losses(run_dir: str | Path) -> pd.DataFrame:
@@ -166,9 +170,6 @@ def load_losses(run_dir: str | Path) -> pd.DataFrame:
 
 def plot_losses(run_dir: str | Path, path: str | Path | None = None, losses: pd.DataFrame | None = None):
     """MLE and triplet loss per step, one panel each, a line per method/task/round."""
-    import matplotlib
-
-    matplotlib.use("Agg") if path else None
     import matplotlib.pyplot as plt
 
     losses = load_losses(run_dir) if losses is None else losses
@@ -182,12 +183,7 @@ def plot_losses(run_dir: str | Path, path: str | Path | None = None, losses: pd.
     for ax, col in zip(axes, ("MLE loss", "triplet loss")):
         ax.set(xlabel="step", title=col)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return Path(path)
-    return fig
+    return _show_or_save(fig, path)
 
 
 # --- notebook views -------------------------------------------------------------------------

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 LOSS_COLUMNS = ("step", "mle", "triplet", "total", "lr")
 MAX_NEGATIVES = 4  # distinct wrong rationales per question that negatives are drawn from
+VIEW_GROUPS = 2  # positive/negative views run in this many length-sorted groups (less padding)
 # TrainingArguments' name for it: "activation_checkpointing" since transformers 5.2x, before "gradient_checkpointing"
 CHECKPOINTING = next(n for n in ("activation_checkpointing", "gradient_checkpointing") if n in TrainingArguments.__dataclass_fields__)
 
@@ -261,10 +262,10 @@ class ReflectionTrainer(Trainer):
 
     Design: the anchor (prompt + target) is one ordinary forward with gradient; it gives the MLE
     (prompt tokens included, weight ``w``) and the anchor's representation, and its prompt
-    keys/values, detached, are the cache that positives and negatives continue from (one batched
-    forward of 2K rows, with gradient unless ``reflection_grad == "anchor"``). The prompt is thus
-    encoded once per batch. With gradient
-    checkpointing (no cache from the anchor pass) the prompt is run once more without gradient.
+    keys/values, detached, are the cache that positives and negatives continue from (2K rows in
+    ``VIEW_GROUPS`` length-sorted forwards, with gradient unless ``reflection_grad == "anchor"``).
+    The prompt is thus encoded once per batch; with gradient checkpointing (no cache from the
+    anchor pass) it is run once more, without gradient.
     """
 
     def __init__(self, *args, train_cfg: TrainConfig, use_reflection: bool, batch_sampler: QuestionBatchSampler, **kwargs):
@@ -304,12 +305,20 @@ class ReflectionTrainer(Trainer):
                         input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
                         position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
                     ))
+            view_rows = rows.repeat(2)  # (2K,) the batch row each view continues
+            lengths = inputs["cont_attention_mask"].sum(dim=1)  # (2K,)
+            order = lengths.argsort()
+            parts = []
             with torch.no_grad() if cfg.reflection_grad == "anchor" else contextlib.nullcontext():
-                hidden = continuation_hidden(
-                    model, prompt_cache(cache, P, rows, repeat=2), inputs["prompt_attention_mask"][rows].repeat(2, 1),
-                    inputs["cont_input_ids"], inputs["cont_attention_mask"],
-                )  # (2K, R, H)
-            views = represent(hidden, inputs["cont_attention_mask"])  # (2K, H)
+                for group in order.chunk(VIEW_GROUPS):  # similar lengths together: less padding
+                    R = int(lengths[group].max())
+                    mask = inputs["cont_attention_mask"][group, :R]
+                    hidden = continuation_hidden(
+                        model, prompt_cache(cache, P, view_rows[group]), inputs["prompt_attention_mask"][view_rows[group]],
+                        inputs["cont_input_ids"][group, :R], mask,
+                    )  # (G, R, H)
+                    parts.append(represent(hidden, mask))
+            views = torch.cat(parts)[order.argsort()]  # (2K, H), back in collator order
             positive, negative = views.chunk(2)
             triplet = triplet_loss(anchor, positive, negative, torch.ones_like(rows, dtype=torch.bool), cfg.margin)
         total = mle + cfg.reflection_weight * triplet

@@ -24,3 +24,5 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/exam_throughput.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/teacher_throughput.py

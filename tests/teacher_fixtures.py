@@ -49,8 +49,9 @@ def start_llama_server(log_path: Path, ready_timeout_s: float = 180.0):
         pytest.skip("llama-cpp-python[server] is not installed; .ci/run installs it "
                     "(pip install 'llama-cpp-python[server]')")
     port = free_port()
+    # one thread: the client shares the CPU, and OpenMP threads spinning on a busy machine are 10x slower
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--verbose", "False"]
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "False"]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"

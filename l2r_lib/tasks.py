@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,14 +118,32 @@ def _num(x: float) -> str:
     return normalize_answer(x, "number")
 
 
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
 def _equation_rationale(equation: str, answer: float) -> str:
-    """'X=((32.0+42.0)-35.0)' or '( 76.0 - 25.0 )' -> '(32 + 42) - 35 = 39.'"""
+    """'X=((32.0+42.0)-35.0)' -> '32 + 42 = 74. 74 - 35 = 39.': one true step per operation,
+    innermost first, so a small student sees every intermediate result."""
     expr = re.sub(r"^\s*X\s*=\s*", "", equation.strip())
-    expr = re.sub(r"(\d+)\.0\b", r"\1", expr)
-    expr = re.sub(r"\s*([-+*/])\s*", r" \1 ", expr).replace("( ", "(").replace(" )", ")").strip()
-    if expr.startswith("(") and expr.endswith(")") and expr.count("(") == 1:
-        expr = expr[1:-1].strip()
-    return f"{expr} = {_num(answer)}."
+    steps: list[str] = []
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            a, b = ev(node.left), ev(node.right)
+            c = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else math.nan}[_OPS[type(node.op)]]
+            steps.append(f"{_num(a)} {_OPS[type(node.op)]} {_num(b)} = {_num(c)}.")
+            return c
+        raise ValueError(f"unsupported expression {ast.dump(node)}")
+
+    try:
+        ev(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, TypeError):
+        steps = []
+    if not steps:  # unparsable, or a bare number: state the result
+        return f"{expr.strip()} = {_num(answer)}."
+    return " ".join(steps)
 
 
 def _gsm8k_example(i: int, row: dict) -> Example:

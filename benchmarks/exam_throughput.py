@@ -39,7 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="multiarith")
     p.add_argument("--n", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--student", default="smollm2-135m")
     args = p.parse_args()

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--student", default="smollm2-135m", help="smollm2-135m, tiny, a Hub id or a local path")
     e.add_argument("--limit", type=int, default=None, help="first N questions")
-    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-new-tokens", type=int, default=160)
     e.add_argument("--samples", type=int, default=1, help="answers sampled per question (1: greedy)")
     e.add_argument("--temperature", type=float, default=0.7)

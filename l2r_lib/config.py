@@ -31,7 +31,7 @@ class StudentConfig:
 @dataclass
 class ExamConfig:
     max_new_tokens: int = 160  # rationale + answer line
-    batch_size: int = 16
+    batch_size: int = 32  # larger batches are faster on a CPU too (64 questions: batch 64 is 1.4x batch 16)
     num_samples: int = 1  # >1: sample k answers per question (the paper: 4 on the train set)
     temperature: float = 0.7  # used only when num_samples > 1
     limit: int | None = None  # first N questions of the split (None: all)

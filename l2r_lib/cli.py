@@ -84,6 +84,11 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
 
     cfg.tasks = list(dict.fromkeys(FALLBACK_TASK if t in unreachable else t for t in cfg.tasks))
     cfg.name = f"{cfg.name}-{FALLBACK_TASK}"
+    # nothing was recorded for the synthetic task: its gold rationales teach instead
+    if cfg.teacher.kind == "replay":
+        cfg.teacher.kind = "reference"
+    if cfg.teacher.feedback_kind == "replay":
+        cfg.teacher.feedback_kind = "reference"
     path = (out or Path("results") / cfg.name) / "params.fallback.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, path)
@@ -143,8 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "data_dir", None) is None:
-        args.data_dir = None
     try:
         args.func(args)
     except (KeyError, ValueError, FileNotFoundError, ImportError) as e:

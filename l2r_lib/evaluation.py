@@ -51,8 +51,9 @@ def error_type(record: ExamRecord, task: str, sample: int = 0) -> str | None:
 def error_table(records: list[ExamRecord], task: str) -> pd.DataFrame:
     counts = Counter(t for t in (error_type(r, task) for r in records) if t)
     total = max(len(records), 1)
-    rows = [{"error type": t, "questions": counts.get(t, 0), "share of all": counts.get(t, 0) / total}
-            for t in ERROR_TYPES if t in counts or get_task(task).answer_kind == "number" or t in ("no answer", "wrong choice")]
+    # numeric tasks can go wrong in arithmetic or plan; choice and yes/no tasks only in the choice
+    kinds = ERROR_TYPES[:3] if get_task(task).answer_kind == "number" else ("no answer", "wrong choice")
+    rows = [{"error type": t, "questions": counts.get(t, 0), "share of all": counts.get(t, 0) / total} for t in kinds]
     return pd.DataFrame(rows)
 
 

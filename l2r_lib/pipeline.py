@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import paths
 from .config import RunConfig, load_config, save_config
-from .records import ExamRecord, TeacherRecord, load_jsonl, save_jsonl
+from .records import ExamRecord, TeacherRecord, load_jsonl
 from .tasks import Example, load_examples
 
 NOTEBOOKS = ("01_mistake_analysis", "02_teacher_prompting", "03_round_training", "04_evaluation")
@@ -222,9 +222,8 @@ def evaluation(rnd: Round) -> dict:
         "teacher_prompt_tokens": teacher.get("usage_prompt_tokens", 0),
         "teacher_completion_tokens": teacher.get("usage_completion_tokens", 0),
         "teacher_cost_usd": teacher.get("usage_cost_usd", 0.0),
-        "seconds": {**stages, "04_evaluation": None},
+        "seconds": {**stages, "04_evaluation": round(time.perf_counter() - started, 1)},
     }
-    metrics["seconds"]["04_evaluation"] = round(time.perf_counter() - started, 1)
     (rnd.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return rnd.mark_done("04_evaluation", {"accuracy": result.accuracy, **result.summary()}, started)
 

@@ -41,3 +41,16 @@ def test_exam_on_tiny_student(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "synthetic test: accuracy" in res.stdout and "tokens/s" in res.stdout
     assert (tmp_path / "exam-synthetic-test.jsonl").read_text().count("\n") == 4
+
+
+def test_fallback_params_use_the_synthetic_task_with_a_teacher_that_covers_it(tmp_path):
+    from l2r_lib.cli import _with_fallback_task
+    from l2r_lib.config import load_config
+
+    from conftest import REPO
+
+    params = REPO / "params" / "default.yaml"
+    path = _with_fallback_task(str(params), load_config(params), ["multiarith"], tmp_path)
+    cfg = load_config(path)
+    assert cfg.tasks == ["synthetic"] and cfg.name == "default-synthetic"
+    assert "replay" not in (cfg.teacher.kind, cfg.teacher.feedback_kind)  # no recording exists for synthetic

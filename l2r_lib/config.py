@@ -35,9 +35,12 @@ class ExamConfig:
     num_samples: int = 1  # >1: sample k answers per question (the paper: 4 on the train set)
     temperature: float = 0.7  # used only when num_samples > 1
     limit: int | None = None  # first N questions of the split (None: all)
+    # generate this many tokens, then drop the rows that have answered (from the batch and KV cache)
+    chunk_tokens: int = 16
 
     def __post_init__(self):
         _check(self.max_new_tokens > 0, "exam.max_new_tokens", self.max_new_tokens, "must be > 0")
+        _check(self.chunk_tokens > 0, "exam.chunk_tokens", self.chunk_tokens, "must be > 0")
         _check(self.batch_size > 0, "exam.batch_size", self.batch_size, "must be > 0")
         _check(self.num_samples >= 1, "exam.num_samples", self.num_samples, "must be >= 1")
 

@@ -1,7 +1,8 @@
 """The exam: the student answers a split with chain-of-thought, in batches, and is graded.
 
-Batches are sorted by prompt length and left-padded; a batch stops as soon as every sequence
-has written its answer line (or EOS), so no step is spent on padding after the last answer.
+Batches are sorted by prompt length and left-padded. ``generate`` runs in chunks of a few tokens
+over one KV cache; between chunks, rows that have written their answer line (or EOS) leave the
+batch and the cache, so late steps are not spent on questions already answered.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from tqdm import tqdm  # text bars: the same in a terminal, a notebook and papermill logs
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
+                          StoppingCriteriaList)
 
 from .answers import extract_answer
 from .config import ExamConfig
@@ -35,15 +38,36 @@ def trim_completion(text: str) -> str:
     return text[:end].strip()
 
 
+def is_done(text: str) -> bool:
+    """Has this generated text finished its answer line (or started a new question)?"""
+    return _DONE_RE.search(text) is not None
+
+
+@lru_cache(maxsize=4)
+def _newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    vocab = range(len(tokenizer))
+    return frozenset(i for i, t in zip(vocab, tokenizer.batch_decode([[i] for i in vocab])) if "\n" in t)
+
+
 class AnswerLineStop(StoppingCriteria):
-    """Per-sequence stop: True once a row's generated text holds a finished answer line."""
+    """Per-row stop: True once a row's generated text holds a finished answer line.
+
+    Both endings of ``_DONE_RE`` complete on a newline, so only rows whose last token holds one
+    are decoded: a handful per step instead of the whole batch.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int):
         self.tokenizer, self.prompt_len = tokenizer, prompt_len
+        self.newlines = _newline_token_ids(tokenizer)
+        self.done: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([bool(_DONE_RE.search(t)) for t in texts], device=input_ids.device)
+        if self.done is None or len(self.done) != len(input_ids):
+            self.done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        for row in (r for r, t in enumerate(last) if t in self.newlines and not self.done[r]):
+            self.done[row] = is_done(self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True))
+        return self.done.clone()
 
 
 @dataclass
@@ -81,26 +105,40 @@ def generate_batch(
 ) -> tuple[list[list[str]], int]:
     """Completions (``cfg.num_samples`` per prompt, trimmed) and the count of tokens generated."""
     tokenizer.padding_side = "left"
+    k, sampling = cfg.num_samples, cfg.num_samples > 1
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    prompt_len = enc["input_ids"].shape[1]
-    sampling = cfg.num_samples > 1
-    out = model.generate(
-        **enc,
-        max_new_tokens=cfg.max_new_tokens,
-        do_sample=sampling,
-        temperature=cfg.temperature if sampling else None,
-        top_p=None, top_k=None,
-        num_return_sequences=cfg.num_samples,
-        stopping_criteria=StoppingCriteriaList([AnswerLineStop(tokenizer, prompt_len)]),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    new = out[:, prompt_len:]
-    # Count real tokens only: a row that stopped early is padded with pad_token_id afterwards.
-    stopped = (new == tokenizer.pad_token_id).long().cumsum(dim=1) > 0
-    n_tokens = int((~stopped).sum()) + int(stopped.any(dim=1).sum())
-    texts = [trim_completion(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    k = cfg.num_samples
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], n_tokens
+    ids, mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
+    prompt_len, pad, eos = ids.shape[1], tokenizer.pad_token_id, model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos]) | {pad}
+    rows = torch.arange(len(ids), device=ids.device)  # original row of each row still generating
+    tokens: list[list[int]] = [[] for _ in range(len(ids))]
+    cache, steps = DynamicCache(config=model.config), 0
+    while len(rows) and steps < cfg.max_new_tokens:
+        n = min(cfg.chunk_tokens, cfg.max_new_tokens - steps)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=n,
+            do_sample=sampling, temperature=cfg.temperature if sampling else None, top_p=None, top_k=None,
+            stopping_criteria=StoppingCriteriaList([AnswerLineStop(tokenizer, prompt_len)]),
+            pad_token_id=pad, return_dict_in_generate=True,
+        )
+        new = out.sequences[:, ids.shape[1]:]
+        steps += new.shape[1]
+        alive = []
+        for j, (row, chunk) in enumerate(zip(rows.tolist(), new.tolist())):
+            stop = next((t for t, tok in enumerate(chunk) if tok in eos), len(chunk))
+            tokens[row] += chunk[:stop]
+            if not is_done(tokenizer.decode(tokens[row], skip_special_tokens=True)):
+                if stop == len(chunk):
+                    alive.append(j)
+                else:
+                    tokens[row].append(chunk[stop])  # an EOS (not the pad after an answer line) was generated
+        keep = torch.tensor(alive, dtype=torch.long, device=ids.device)
+        cache = out.cache
+        cache.batch_select_indices(keep)
+        rows, ids = rows[keep], out.sequences[keep]
+        mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+    texts = [trim_completion(tokenizer.decode(t, skip_special_tokens=True)) for t in tokens]
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], sum(map(len, tokens))
 
 
 def run_exam(

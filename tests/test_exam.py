@@ -64,6 +64,18 @@ def test_batched_exam_matches_one_at_a_time_on_smollm2(smollm2, data_dir):
     assert sum(r.answers[0] is not None for r in batched.records) >= 4
 
 
+def test_dropping_answered_rows_between_chunks_changes_no_completion(smollm2, data_dir):
+    """Chunks of 8 tokens (answered rows leave the batch and the KV cache) vs one chunk."""
+    model, tok = smollm2
+    examples = load_examples("multiarith", "test", data_dir)[6:12]
+    runs = [run_exam(model, tok, examples, "multiarith", ExamConfig(max_new_tokens=96, batch_size=6, chunk_tokens=c),
+                     progress=False) for c in (8, 96)]
+    assert [r.completions for r in runs[0].records] == [r.completions for r in runs[1].records]
+    # rows really left early: some completion is done well before the longest one
+    lengths = sorted(len(tok(r.completions[0])["input_ids"]) for r in runs[0].records)
+    assert lengths[0] + 16 <= lengths[-1], lengths
+
+
 def test_wrong_rationales_are_distinct():
     rec = ExamRecord("q", "Q?", "4", "p", ["a", "a", "b", "c"], ["3", "3", "4", "5"], [False, False, True, False])
     assert rec.wrong_rationales() == ["a", "c"]

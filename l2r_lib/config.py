@@ -109,6 +109,7 @@ class RunConfig:
     tasks: list[str] = field(default_factory=lambda: ["multiarith"])
     methods: list[str] = field(default_factory=lambda: ["tailored"])  # tailored | std-cot | no-reflection | no-feedback
     rounds: int = 2  # training rounds of the multi-round methods (std-cot always trains one)
+    share_round1: bool = True  # methods whose round 1 is the same computation run it once (see pipeline)
     data_dir: str | None = None  # None: $L2R_DATA_DIR, else the Hugging Face Hub
     seed: int = 0
     train_limit: int | None = None  # first N train questions (None: the whole split)

@@ -63,7 +63,7 @@ class Round:
 
     @property
     def uses_reflection(self) -> bool:
-        return self.method in ("tailored", "no-feedback")
+        return uses_reflection(self.method)
 
     @property
     def uses_feedback(self) -> bool:
@@ -241,6 +241,39 @@ def fixed_and_broken(rnd: Round) -> tuple[list[ExamRecord], list[ExamRecord]]:
 
 # --- the whole run --------------------------------------------------------------------------
 
+def uses_reflection(method: str) -> bool:
+    return method in ("tailored", "no-feedback")
+
+
+def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
+    """An earlier method of the run whose finished round 1 is the same computation as ``method``'s.
+
+    Round 1 differs between methods only by self-reflection (feedback starts in round 2), so
+    tailored and no-feedback share one round 1, and std-cot and no-reflection another.
+    """
+    if not cfg.share_round1:
+        return None
+    for other in cfg.methods[: cfg.methods.index(method)]:
+        if uses_reflection(other) == uses_reflection(method) and Round(cfg, run_dir, other, task, 1).is_done("04_evaluation"):
+            return other
+    return None
+
+
+def share_round1(rnd: Round, donor: str) -> None:
+    """Copy the donor's finished round 1 (not its checkpoints) into ``rnd.dir``, all at once."""
+    src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, 1).dir
+    tmp = rnd.dir.with_name(rnd.dir.name + ".sharing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = json.loads((tmp / "metrics.json").read_text())
+    metrics.update(method=rnd.method, shared_from=donor)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (tmp / "SHARED.md").write_text(f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` "
+                                   f"(feedback starts in round 2; both {'use' if rnd.uses_reflection else 'skip'} "
+                                   f"self-reflection): copied from `{donor}/{rnd.task}/round-1`, notebooks included.\n")
+    shutil.rmtree(rnd.dir, ignore_errors=True)  # a copy that died half-way
+    tmp.rename(rnd.dir)
+
 def rounds_of(cfg: RunConfig, method: str) -> int:
     return 1 if method == "std-cot" else cfg.rounds
 
@@ -260,6 +293,22 @@ def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunC
     return cfg, run_dir
 
 
+def restore_adapter(rnd: Round) -> None:
+    """Train a finished round's adapter again when it is missing: adapters are not committed, so a
+    fresh clone of a half-done study has each round's data but not its weights. Training reads
+    only saved files (teacher records, exam) with the run's seed: no teacher call, same adapter."""
+    marker = rnd.dir / "03_round_training.done.json"
+    if (rnd.dir / "adapter").is_dir() or not marker.is_file():
+        return
+    if rnd.round_idx > 1:
+        restore_adapter(Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, rnd.round_idx - 1))
+    print(f"[l2r] {rnd.method} / {rnd.task} / round {rnd.round_idx}: adapter missing, training it again", flush=True)
+    summary = marker.read_text()
+    marker.unlink()
+    round_training(rnd)
+    marker.write_text(summary)  # the round's record (steps, seconds) stays the original one
+
+
 def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
     """Execute every notebook of every method, task and round; then the tables. Returns the run dir."""
     import papermill as pm
@@ -272,6 +321,12 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
         for task in cfg.tasks:
             for k in range(1, rounds_of(cfg, method) + 1):
                 rnd = Round(cfg, run_dir, method, task, k)
+                if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):
+                    print(f"[l2r] {method} / {task} / round 1: shared with {donor}", flush=True)
+                    share_round1(rnd, donor)
+                if not rnd.is_done("04_evaluation"):  # it needs the previous round's adapter, or its own
+                    restore_adapter(Round(cfg, run_dir, method, task, max(k - 1, 1)))
+                    restore_adapter(rnd)
                 for nb in NOTEBOOKS:
                     if rnd.is_done(nb):
                         continue

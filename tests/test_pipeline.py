@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import REPO
 from l2r_lib import pipeline
@@ -49,7 +51,7 @@ def test_killed_run_resumes_without_repeating_round_1(tiny_run):
 
 def test_every_notebook_of_every_round_executed(tiny_run):
     run = tiny_run["dir"]
-    for method, rounds in [("tailored", 2), ("std-cot", 1)]:
+    for method, rounds in [("tailored", 2), ("std-cot", 1), ("no-feedback", 2)]:
         for k in range(1, rounds + 1):
             for nb in pipeline.NOTEBOOKS:
                 out = run / method / "synthetic" / f"round-{k}" / f"{nb}.ipynb"
@@ -62,18 +64,33 @@ def test_every_notebook_of_every_round_executed(tiny_run):
 def test_tables_and_figures_hold_numbers(tiny_run):
     run = tiny_run["dir"]
     acc = pd.read_csv(run / "tables" / "accuracy.csv", index_col=0)
-    assert set(acc.index) == {"tailored", "std-cot"} and list(acc.columns) == ["synthetic"]
+    assert set(acc.index) == {"tailored", "std-cot", "no-feedback"} and list(acc.columns) == ["synthetic"]
     assert acc.notna().all().all() and ((acc >= 0) & (acc <= 100)).all().all()
     by_round = pd.read_csv(run / "tables" / "accuracy_by_round.csv")
     assert by_round.loc[by_round.method == "tailored", "round 2"].notna().all()
     teacher = pd.read_csv(run / "tables" / "teacher.csv")
-    assert len(teacher) == 3 and (teacher["teacher_kept"] > 0).all()
+    assert len(teacher) == 5 and (teacher["teacher_kept"] > 0).all()
     for fig in ("accuracy_by_round.png", "losses.png"):
         assert (run / "figures" / fig).stat().st_size > 5_000
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["name"] == "tiny" and manifest["prompt_templates"] and manifest["packages"]["torch"]
     losses = pd.read_csv(run / "tailored" / "synthetic" / "round-2" / "losses.csv")
     assert len(losses) > 0 and losses["mle"].notna().all()
+
+
+def test_round_1_is_shared_by_methods_that_compute_the_same_one(tiny_run):
+    run = tiny_run["dir"]
+    assert "[l2r] no-feedback / synthetic / round 1: shared with tailored" in tiny_run["stdout"]
+    assert "[l2r] no-feedback / synthetic / round 1: 0" not in tiny_run["stdout"]
+    donor, shared = (json.loads((run / m / "synthetic" / "round-1" / "metrics.json").read_text())
+                     for m in ("tailored", "no-feedback"))
+    assert shared["method"] == "no-feedback" and shared["shared_from"] == "tailored"
+    assert shared["accuracy"] == donor["accuracy"]
+    assert (run / "no-feedback" / "synthetic" / "round-1" / "adapter").is_dir()
+    # std-cot trains without self-reflection: it shares nothing with tailored
+    assert "shared_from" not in json.loads((run / "std-cot" / "synthetic" / "round-1" / "metrics.json").read_text())
+    # no-feedback's round 2 really ran, from the shared adapter
+    assert "[l2r] no-feedback / synthetic / round 2: 03_round_training" in tiny_run["stdout"]
 
 
 def test_rerun_of_a_finished_run_redoes_nothing(tiny_run):
@@ -83,6 +100,25 @@ def test_rerun_of_a_finished_run_redoes_nothing(tiny_run):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "[l2r]" not in res.stdout
     assert {p: p.stat().st_mtime_ns for p in run.glob("**/*.ipynb")} == stamps
+
+
+def test_a_clone_without_adapters_retrains_them_and_goes_on(tiny_run, tmp_path):
+    """Adapters are not committed: a fresh clone of a half-done run trains the missing ones again."""
+    from safetensors.torch import load_file
+
+    clone = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], clone, ignore=shutil.ignore_patterns("adapter", "checkpoints"))
+    shutil.rmtree(clone / "tailored" / "synthetic" / "round-2")
+    cmd = tiny_run["cmd"][:-1] + [str(clone)]
+    res = subprocess.run(cmd, env=tiny_run["env"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "[l2r] tailored / synthetic / round 1: adapter missing, training it again" in res.stdout
+    assert "[l2r] tailored / synthetic / round 2: 03_round_training" in res.stdout
+    assert "round 1: 0" not in res.stdout  # no round-1 notebook ran again
+    weights = "tailored/synthetic/round-1/adapter/adapter_model.safetensors"
+    before, after = load_file(tiny_run["dir"] / weights), load_file(clone / weights)
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
 
 
 def test_the_api_key_is_written_nowhere(tiny_run):

@@ -11,9 +11,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .records import ExamRecord
+from .records import ExamRecord, load_jsonl
 from .tasks import get_task
 
 ERROR_TYPES = ("no answer", "wrong arithmetic step", "wrong operation/plan", "wrong choice")
@@ -97,6 +98,60 @@ def teacher_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[present].sort_values(["method", "task", "round"]).reset_index(drop=True)
 
 
+def bootstrap_interval(correct, diff_from=None, n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the accuracy over test questions, or of the paired
+    accuracy difference ``correct - diff_from`` when both were graded on the same questions."""
+    x = np.asarray(correct, dtype=float)
+    if diff_from is not None:
+        x = x - np.asarray(diff_from, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    means = x[np.random.default_rng(seed).integers(0, x.size, (n_boot, x.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
+    """(method, task) -> per-question greedy correctness of the last round's test exam, by id."""
+    final = metrics.sort_values("round").groupby(["method", "task"], as_index=False).last()
+    out = {}
+    for row in final.itertuples():
+        path = Path(row.path) / "exam_test.jsonl"
+        if path.is_file():
+            records = sorted(load_jsonl(ExamRecord, path), key=lambda r: r.id)
+            out[(row.method, row.task)] = [r.correct[0] for r in records]
+    return out
+
+
+def interval_table(metrics: pd.DataFrame, baseline: str = "std-cot") -> pd.DataFrame:
+    """Per method and task: last-round accuracy with its bootstrap 95% interval, and the paired
+    difference to ``baseline`` on the same test questions with its interval (all in %)."""
+    correct = _final_correct(metrics)
+    rows = []
+    for (method, task), c in sorted(correct.items()):
+        lo, hi = bootstrap_interval(c)
+        row = {"method": method, "task": task, "questions": len(c), "accuracy": 100 * float(np.mean(c)),
+               "ci95_low": 100 * lo, "ci95_high": 100 * hi}
+        base = correct.get((baseline, task))
+        if base is not None and method != baseline and len(base) == len(c):
+            dlo, dhi = bootstrap_interval(c, diff_from=base)
+            row |= {f"vs {baseline}": 100 * (np.mean(c) - np.mean(base)), "diff_ci95_low": 100 * dlo,
+                    "diff_ci95_high": 100 * dhi}
+        rows.append(row)
+    return pd.DataFrame(rows).round(1)
+
+
+def stage_seconds_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Wall time (s) of each notebook stage per method, task and round (a shared round 1 shows
+    its donor's times, marked in ``shared_from``)."""
+    rows = []
+    for row in metrics.sort_values(["method", "task", "round"]).to_dict("records"):
+        seconds = row.get("seconds") if isinstance(row.get("seconds"), dict) else {}
+        shared = row.get("shared_from")
+        rows.append({"method": row["method"], "task": row["task"], "round": row["round"], **seconds,
+                     "shared_from": shared if isinstance(shared, str) else ""})
+    return pd.DataFrame(rows)
+
+
 def write_tables(run_dir: str | Path) -> dict[str, Path]:
     """Write ``tables/*.md|csv`` and ``figures/*.png`` of one run from its saved metrics."""
     run_dir = Path(run_dir)
@@ -111,6 +166,10 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
         ("accuracy", accuracy_table(metrics), "Test accuracy (%) after the last round, methods x tasks."),
         ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
         ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round."),
+        ("intervals", interval_table(metrics), "Test accuracy (%) after the last round with a bootstrap 95% "
+         "interval over test questions (one seed), and the paired difference to std-cot on the same questions."),
+        ("stage_seconds", stage_seconds_table(metrics), "Wall time (s) of each stage; a round 1 shared between "
+         "methods ran once (shared_from)."),
     ]
     for name, table, caption in tables:
         csv, md = run_dir / "tables" / f"{name}.csv", run_dir / "tables" / f"{name}.md"

@@ -70,6 +70,12 @@ def test_tables_and_figures_hold_numbers(tiny_run):
     assert by_round.loc[by_round.method == "tailored", "round 2"].notna().all()
     teacher = pd.read_csv(run / "tables" / "teacher.csv")
     assert len(teacher) == 5 and (teacher["teacher_kept"] > 0).all()
+    intervals = pd.read_csv(run / "tables" / "intervals.csv").set_index("method")
+    assert (intervals["ci95_low"] <= intervals["accuracy"]).all() and (intervals["accuracy"] <= intervals["ci95_high"]).all()
+    assert intervals.loc["tailored", "questions"] == 16 and "vs std-cot" in intervals.columns
+    stages = pd.read_csv(run / "tables" / "stage_seconds.csv")
+    assert len(stages) == 5 and (stages["03_round_training"] > 0).all()
+    assert stages.loc[stages.method == "no-feedback", "shared_from"].fillna("").tolist() == ["tailored", ""]
     for fig in ("accuracy_by_round.png", "losses.png"):
         assert (run / "figures" / fig).stat().st_size > 5_000
     manifest = json.loads((run / "manifest.json").read_text())

@@ -1,0 +1,47 @@
+"""Reporting from saved run data: error types, bootstrap intervals, the paired effect table."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from l2r_lib.evaluation import bootstrap_interval, collect_metrics, error_type, interval_table
+from l2r_lib.records import ExamRecord, save_jsonl
+
+
+def _record(i: int, ok: bool, rationale: str = "2 + 2 = 4.") -> ExamRecord:
+    return ExamRecord(f"q{i}", "Q?", "4", "p", [rationale], ["4" if ok else "5"], [ok])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():
+    assert bootstrap_interval([True] * 30) == (1.0, 1.0)
+    lo, hi = bootstrap_interval([True, False] * 25)
+    assert lo < 0.5 < hi and 0.2 < hi - lo < 0.35  # binomial: 2 x 1.96 x sqrt(.25 / 50) = 0.28
+    lo4, hi4 = bootstrap_interval([True, False] * 100)
+    assert hi4 - lo4 < (hi - lo) * 0.6
+    # paired: the same answers differ by nothing, with no uncertainty
+    assert bootstrap_interval([True, False] * 10, diff_from=[True, False] * 10) == (0.0, 0.0)
+
+
+def test_interval_table_pairs_methods_on_the_same_questions(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.random(200) < 0.2
+    better = base | (rng.random(200) < 0.3)  # everything std-cot got, and more
+    for method, correct in (("std-cot", base), ("tailored", better)):
+        d = tmp_path / method / "multiarith" / "round-1"
+        d.mkdir(parents=True)
+        save_jsonl([_record(i, bool(c)) for i, c in enumerate(correct)], d / "exam_test.jsonl")
+        (d / "metrics.json").write_text(json.dumps({"method": method, "task": "multiarith", "round": 1,
+                                                    "accuracy": float(correct.mean())}))
+    table = interval_table(collect_metrics(tmp_path)).set_index("method")
+    t = table.loc["tailored"]
+    assert t["ci95_low"] < t["accuracy"] < t["ci95_high"]
+    assert t["vs std-cot"] == round(100 * (better.mean() - base.mean()), 1)
+    assert 0 < t["diff_ci95_low"] < t["vs std-cot"] < t["diff_ci95_high"]  # paired: clearly above zero
+    assert pd.isna(table.loc["std-cot"].get("vs std-cot"))
+
+
+def test_error_types():
+    assert error_type(_record(0, False, "2 + 2 = 5."), "multiarith") == "wrong arithmetic step"
+    assert error_type(ExamRecord("q", "Q?", "4", "p", ["I think"], [None], [False]), "multiarith") == "no answer"
+    assert error_type(_record(0, True), "multiarith") is None

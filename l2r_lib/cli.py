@@ -98,7 +98,7 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
 def cmd_tables(args: argparse.Namespace) -> None:
     from .evaluation import write_tables
 
-    runs = sorted({p.parent for p in Path(args.results).glob("*/config.yaml")})
+    runs = sorted({p.parent for p in Path(args.results).glob("**/config.yaml")})
     if not runs:
         raise FileNotFoundError(f"no runs under {args.results!s} (a run directory holds config.yaml)")
     for run_dir in runs:

@@ -317,8 +317,8 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
 
     cfg, run_dir = prepare_run(params, out)
     config_path = run_dir / "config.yaml"
-    for method in cfg.methods:
-        for task in cfg.tasks:
+    for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
+        for method in cfg.methods:
             for k in range(1, rounds_of(cfg, method) + 1):
                 rnd = Round(cfg, run_dir, method, task, k)
                 if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):

@@ -123,14 +123,16 @@ def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
 
 
 def interval_table(metrics: pd.DataFrame, baseline: str = "std-cot") -> pd.DataFrame:
-    """Per method and task: last-round accuracy with its bootstrap 95% interval, and the paired
-    difference to ``baseline`` on the same test questions with its interval (all in %)."""
+    """Per method and task: the teacher examples trained on (all rounds), last-round accuracy with its
+    bootstrap 95% interval, and the paired difference to ``baseline`` on the same test questions
+    with its interval (all in %)."""
     correct = _final_correct(metrics)
+    used = metrics.groupby(["method", "task"])["teacher_kept"].sum() if "teacher_kept" in metrics else {}
     rows = []
     for (method, task), c in sorted(correct.items()):
         lo, hi = bootstrap_interval(c)
-        row = {"method": method, "task": task, "questions": len(c), "accuracy": 100 * float(np.mean(c)),
-               "ci95_low": 100 * lo, "ci95_high": 100 * hi}
+        row = {"method": method, "task": task, "teacher_examples": int(used.get((method, task), 0)),
+               "questions": len(c), "accuracy": 100 * float(np.mean(c)), "ci95_low": 100 * lo, "ci95_high": 100 * hi}
         base = correct.get((baseline, task))
         if base is not None and method != baseline and len(base) == len(c):
             dlo, dhi = bootstrap_interval(c, diff_from=base)
@@ -166,8 +168,9 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
         ("accuracy", accuracy_table(metrics), "Test accuracy (%) after the last round, methods x tasks."),
         ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
         ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round."),
-        ("intervals", interval_table(metrics), "Test accuracy (%) after the last round with a bootstrap 95% "
-         "interval over test questions (one seed), and the paired difference to std-cot on the same questions."),
+        ("intervals", interval_table(metrics), "Teacher examples trained on (all rounds); test accuracy (%) after "
+         "the last round with a bootstrap 95% interval over test questions (one seed), and the paired difference "
+         "to std-cot on the same questions."),
         ("stage_seconds", stage_seconds_table(metrics), "Wall time (s) of each stage; a round 1 shared between "
          "methods ran once (shared_from)."),
     ]

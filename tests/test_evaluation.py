@@ -32,13 +32,14 @@ def test_interval_table_pairs_methods_on_the_same_questions(tmp_path):
         d.mkdir(parents=True)
         save_jsonl([_record(i, bool(c)) for i, c in enumerate(correct)], d / "exam_test.jsonl")
         (d / "metrics.json").write_text(json.dumps({"method": method, "task": "multiarith", "round": 1,
-                                                    "accuracy": float(correct.mean())}))
+                                                    "accuracy": float(correct.mean()), "teacher_kept": 7}))
     table = interval_table(collect_metrics(tmp_path)).set_index("method")
     t = table.loc["tailored"]
     assert t["ci95_low"] < t["accuracy"] < t["ci95_high"]
     assert t["vs std-cot"] == round(100 * (better.mean() - base.mean()), 1)
     assert 0 < t["diff_ci95_low"] < t["vs std-cot"] < t["diff_ci95_high"]  # paired: clearly above zero
     assert pd.isna(table.loc["std-cot"].get("vs std-cot"))
+    assert (table["teacher_examples"] == 7).all()
 
 
 def test_error_types():

@@ -70,6 +70,13 @@ class TeacherConfig:
         _check(self.kind in kinds, "teacher.kind", self.kind, f"must be one of {kinds}")
         _check(self.feedback_kind in (None, *kinds), "teacher.feedback_kind", self.feedback_kind, f"must be one of {kinds}")
 
+    def describe(self) -> str:
+        """Who wrote the rationales, for captions: table readers must not mistake an offline teacher for a live one."""
+        def one(kind: str) -> str:
+            return {"replay": "'replay' (the recorded text-davinci-002 Zero-shot-CoT rationales)",
+                    "reference": "'reference' (built from the gold annotations: no LLM)"}.get(kind, f"'{kind}' ({self.model})")
+        return f"round 1 by {one(self.kind)}, feedback rounds by {one(self.feedback_kind or self.kind)}"
+
 
 @dataclass
 class TrainConfig:

@@ -122,10 +122,10 @@ def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
     return out
 
 
-def interval_table(metrics: pd.DataFrame, baseline: str = "std-cot") -> pd.DataFrame:
+def interval_table(metrics: pd.DataFrame, baselines: tuple[str, ...] = ("std-cot", "tailored")) -> pd.DataFrame:
     """Per method and task: the teacher examples trained on (all rounds), last-round accuracy with its
-    bootstrap 95% interval, and the paired difference to ``baseline`` on the same test questions
-    with its interval (all in %)."""
+    bootstrap 95% interval, and the paired difference to each baseline method on the same test
+    questions with its interval (all in %)."""
     correct = _final_correct(metrics)
     used = metrics.groupby(["method", "task"])["teacher_kept"].sum() if "teacher_kept" in metrics else {}
     rows = []
@@ -133,11 +133,12 @@ def interval_table(metrics: pd.DataFrame, baseline: str = "std-cot") -> pd.DataF
         lo, hi = bootstrap_interval(c)
         row = {"method": method, "task": task, "teacher_examples": int(used.get((method, task), 0)),
                "questions": len(c), "accuracy": 100 * float(np.mean(c)), "ci95_low": 100 * lo, "ci95_high": 100 * hi}
-        base = correct.get((baseline, task))
-        if base is not None and method != baseline and len(base) == len(c):
-            dlo, dhi = bootstrap_interval(c, diff_from=base)
-            row |= {f"vs {baseline}": 100 * (np.mean(c) - np.mean(base)), "diff_ci95_low": 100 * dlo,
-                    "diff_ci95_high": 100 * dhi}
+        for b in baselines:
+            base = correct.get((b, task))
+            if base is not None and method != b and len(base) == len(c):
+                dlo, dhi = bootstrap_interval(c, diff_from=base)
+                row |= {f"vs {b}": 100 * (np.mean(c) - np.mean(base)), f"vs {b} ci95_low": 100 * dlo,
+                        f"vs {b} ci95_high": 100 * dhi}
         rows.append(row)
     return pd.DataFrame(rows).round(1)
 
@@ -169,8 +170,8 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
         ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
         ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round."),
         ("intervals", interval_table(metrics), "Teacher examples trained on (all rounds); test accuracy (%) after "
-         "the last round with a bootstrap 95% interval over test questions (one seed), and the paired difference "
-         "to std-cot on the same questions."),
+         "the last round with a bootstrap 95% interval over test questions (one seed), and the paired differences "
+         "to std-cot and to tailored on the same questions, with their intervals."),
         ("stage_seconds", stage_seconds_table(metrics), "Wall time (s) of each stage; a round 1 shared between "
          "methods ran once (shared_from)."),
     ]
@@ -192,8 +193,11 @@ def _caption(run_dir: Path) -> str:
     manifest = run_dir / "manifest.json"
     if not manifest.is_file():
         return f"Run `{run_dir.name}`."
+    from .config import TeacherConfig
+
     m = json.loads(manifest.read_text())
-    return f"Run `{m.get('run')}`, student `{m.get('student')}`, teacher: {m.get('teacher_description')}."
+    teachers = TeacherConfig(**m["config"]["teacher"]).describe() if "config" in m else m.get("teacher_description")
+    return f"Run `{m.get('run')}`, student `{m.get('student')}`, teacher: {teachers}."
 
 
 def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None):

@@ -357,9 +357,7 @@ def manifest(cfg: RunConfig, params: str | Path) -> dict:
     return {
         "run": cfg.name, "params_file": str(params), "config": cfg.to_dict(), "student": cfg.student.name,
         "teacher_model": t.model if "openai" in (t.kind, feedback) else None,
-        "teacher_description": f"round 1 by '{t.kind}'"
-                               + (" (recorded text-davinci-002 Zero-shot-CoT)" if t.kind == "replay" else "")
-                               + f", feedback rounds by '{feedback}'",
+        "teacher_description": t.describe(),
         "git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
         "data_files": _data_hashes(cfg), "prompt_templates": templates(),
     }

@@ -37,8 +37,9 @@ def test_interval_table_pairs_methods_on_the_same_questions(tmp_path):
     t = table.loc["tailored"]
     assert t["ci95_low"] < t["accuracy"] < t["ci95_high"]
     assert t["vs std-cot"] == round(100 * (better.mean() - base.mean()), 1)
-    assert 0 < t["diff_ci95_low"] < t["vs std-cot"] < t["diff_ci95_high"]  # paired: clearly above zero
-    assert pd.isna(table.loc["std-cot"].get("vs std-cot"))
+    assert 0 < t["vs std-cot ci95_low"] < t["vs std-cot"] < t["vs std-cot ci95_high"]  # paired: clearly above zero
+    assert table.loc["std-cot", "vs tailored"] == -t["vs std-cot"]
+    assert pd.isna(table.loc["std-cot", "vs std-cot"]) and pd.isna(t["vs tailored"])
     assert (table["teacher_examples"] == 7).all()
 
 
@@ -46,3 +47,11 @@ def test_error_types():
     assert error_type(_record(0, False, "2 + 2 = 5."), "multiarith") == "wrong arithmetic step"
     assert error_type(ExamRecord("q", "Q?", "4", "p", ["I think"], [None], [False]), "multiarith") == "no answer"
     assert error_type(_record(0, True), "multiarith") is None
+
+
+def test_captions_say_which_teacher_is_offline():
+    from l2r_lib.config import TeacherConfig
+
+    text = TeacherConfig(kind="replay", feedback_kind="reference").describe()
+    assert "recorded text-davinci-002" in text and "gold annotations: no LLM" in text.split("feedback")[1]
+    assert "'openai' (gpt-4o-mini)" in TeacherConfig(kind="openai", model="gpt-4o-mini").describe()

@@ -274,6 +274,7 @@ def share_round1(rnd: Round, donor: str) -> None:
     shutil.rmtree(rnd.dir, ignore_errors=True)  # a copy that died half-way
     tmp.rename(rnd.dir)
 
+
 def rounds_of(cfg: RunConfig, method: str) -> int:
     return 1 if method == "std-cot" else cfg.rounds
 
@@ -324,9 +325,9 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                 if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):
                     print(f"[l2r] {method} / {task} / round 1: shared with {donor}", flush=True)
                     share_round1(rnd, donor)
-                if not rnd.is_done("04_evaluation"):  # it needs the previous round's adapter, or its own
-                    restore_adapter(Round(cfg, run_dir, method, task, max(k - 1, 1)))
-                    restore_adapter(rnd)
+                if not rnd.is_done("04_evaluation"):  # training needs the previous adapter, evaluation its own
+                    trained = k == 1 or rnd.is_done("03_round_training")
+                    restore_adapter(rnd if trained else Round(cfg, run_dir, method, task, k - 1))
                 for nb in NOTEBOOKS:
                     if rnd.is_done(nb):
                         continue

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-METHODS = ("tailored", "std-cot", "no-reflection", "no-feedback")
+METHODS = ("tailored", "std-cot", "no-reflection", "no-feedback", "std-cot-matched")
 
 
 @dataclass
@@ -114,7 +114,7 @@ class TrainConfig:
 class RunConfig:
     name: str = "default"  # run directory: results/<name>/
     tasks: list[str] = field(default_factory=lambda: ["multiarith"])
-    methods: list[str] = field(default_factory=lambda: ["tailored"])  # tailored | std-cot | no-reflection | no-feedback
+    methods: list[str] = field(default_factory=lambda: ["tailored"])  # tailored | std-cot | no-reflection | no-feedback | std-cot-matched
     rounds: int = 2  # training rounds of the multi-round methods (std-cot always trains one)
     share_round1: bool = True  # methods whose round 1 is the same computation run it once (see pipeline)
     data_dir: str | None = None  # None: $L2R_DATA_DIR, else the Hugging Face Hub

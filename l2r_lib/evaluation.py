@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import METHODS
 from .records import ExamRecord, load_jsonl
 from .tasks import get_task
 
@@ -122,7 +123,10 @@ def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
     return out
 
 
-def interval_table(metrics: pd.DataFrame, baselines: tuple[str, ...] = ("std-cot", "tailored")) -> pd.DataFrame:
+BASELINES = ("std-cot", "std-cot-matched", "tailored")
+
+
+def interval_table(metrics: pd.DataFrame, baselines: tuple[str, ...] = BASELINES) -> pd.DataFrame:
     """Per method and task: the teacher examples trained on (all rounds), last-round accuracy with its
     bootstrap 95% interval, and the paired difference to each baseline method on the same test
     questions with its interval (all in %)."""
@@ -141,6 +145,17 @@ def interval_table(metrics: pd.DataFrame, baselines: tuple[str, ...] = ("std-cot
                         f"vs {b} ci95_high": 100 * dhi}
         rows.append(row)
     return pd.DataFrame(rows).round(1)
+
+
+def paper_table(intervals: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout with the uncertainty in each cell: methods x tasks, "accuracy [95% interval]"."""
+    cells = intervals.assign(cell=[f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in
+                                   zip(intervals["accuracy"], intervals["ci95_low"], intervals["ci95_high"])])
+    table = cells.pivot(index="method", columns="task", values="cell")
+    order = [m for m in METHODS if m in table.index] + [m for m in table.index if m not in METHODS]
+    table = table.loc[order, [t for t in intervals["task"].drop_duplicates()]]
+    table.columns.name = None
+    return table
 
 
 def stage_seconds_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -165,19 +180,22 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
     (run_dir / "figures").mkdir(exist_ok=True)
     written = {}
     who = _caption(run_dir)
+    intervals = interval_table(metrics)
     tables = [
         ("accuracy", accuracy_table(metrics), "Test accuracy (%) after the last round, methods x tasks."),
+        ("paper", paper_table(intervals), "Test accuracy (%) after the last round with a bootstrap 95% interval "
+         "over test questions (one seed), methods x tasks."),
         ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
         ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round."),
-        ("intervals", interval_table(metrics), "Teacher examples trained on (all rounds); test accuracy (%) after "
+        ("intervals", intervals, "Teacher examples trained on (all rounds); test accuracy (%) after "
          "the last round with a bootstrap 95% interval over test questions (one seed), and the paired differences "
-         "to std-cot and to tailored on the same questions, with their intervals."),
+         f"to {', '.join(BASELINES)} on the same questions, with their intervals."),
         ("stage_seconds", stage_seconds_table(metrics), "Wall time (s) of each stage; a round 1 shared between "
          "methods ran once (shared_from)."),
     ]
     for name, table, caption in tables:
         csv, md = run_dir / "tables" / f"{name}.csv", run_dir / "tables" / f"{name}.md"
-        index = name == "accuracy"
+        index = name in ("accuracy", "paper")
         table.to_csv(csv, index=index)
         shown = table.astype(object).where(table.notna(), None)  # NaN (no such round) prints as "–"
         md.write_text(f"{caption} {who}\n\n{shown.to_markdown(index=index, missingval='–')}\n")

@@ -69,6 +69,12 @@ class Round:
     def uses_feedback(self) -> bool:
         return self.method in ("tailored", "no-reflection") and self.round_idx > 1
 
+    @property
+    def takes_exam(self) -> bool:
+        """Self-reflection needs the student's wrong rationales; every later round needs its
+        mistakes (feedback is on them; the random arms draw as many questions as there were)."""
+        return self.uses_reflection or self.round_idx > 1
+
     def examples(self, split: str) -> list[Example]:
         limit = self.cfg.train_limit if split == "train" else self.cfg.test_limit
         return load_examples(self.task, split, self.cfg.data_dir)[:limit]
@@ -106,7 +112,7 @@ def mistake_analysis(rnd: Round) -> dict:
     if rnd.is_done("01_mistake_analysis"):
         return rnd.summary("01_mistake_analysis")
     started = time.perf_counter()
-    if not (rnd.uses_reflection or rnd.uses_feedback):
+    if not rnd.takes_exam:
         return rnd.mark_done("01_mistake_analysis", {"skipped": f"{rnd.method} round {rnd.round_idx} uses no exam"}, started)
     model, tokenizer = rnd.student(rnd.previous_adapter)
     s = rnd.cfg.student
@@ -137,7 +143,7 @@ def _teacher_job(rnd: Round):
     wrong = [r for r in (load_exam(rnd) or []) if not r.correct[0]]
     if rnd.uses_feedback:
         return teacher, [], mistakes_from_exam(wrong, train, k=t.max_rationales)
-    # no-feedback: fresh rationales for as many random train questions as there were mistakes
+    # no-feedback, std-cot-matched: fresh rationales for as many random train questions as there were mistakes
     return teacher, random.Random(rnd.cfg.seed + rnd.round_idx).sample(train, min(len(wrong), len(train))), []
 
 
@@ -286,12 +292,30 @@ def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunC
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
-        if load_config(config_path) != cfg:
-            raise ValueError(f"{config_path} holds a different config than {params}; use another --out or name")
+        saved = load_config(config_path)
+        if saved == cfg:
+            return cfg, run_dir
+        if not _extends(saved, cfg):
+            raise ValueError(f"{config_path} holds a different config than {params}; a run grows only by appending "
+                             "methods or tasks: use another --out or name")
+        # More methods or tasks, all else equal: what has run stays valid, the run grows.
+        save_config(cfg, config_path)
+        record = json.loads((run_dir / "manifest.json").read_text())
+        record.setdefault("extended", []).append({"params_file": str(params), "git_commit": _git_commit(),
+                                                  "methods": cfg.methods, "tasks": cfg.tasks})
+        record["config"] = cfg.to_dict()
+        (run_dir / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
         return cfg, run_dir
     save_config(cfg, config_path)
     (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, params), indent=2) + "\n")
     return cfg, run_dir
+
+
+def _extends(saved: RunConfig, cfg: RunConfig) -> bool:
+    """``cfg`` is ``saved`` with methods or tasks appended (same order for those already there)."""
+    grown = dataclasses.replace(cfg, methods=saved.methods, tasks=saved.tasks)
+    return (grown == saved and cfg.methods[: len(saved.methods)] == saved.methods
+            and cfg.tasks[: len(saved.tasks)] == saved.tasks)
 
 
 def restore_adapter(rnd: Round) -> None:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from l2r_lib.evaluation import bootstrap_interval, collect_metrics, error_type, interval_table
+from l2r_lib.evaluation import bootstrap_interval, collect_metrics, error_type, interval_table, paper_table
 from l2r_lib.records import ExamRecord, save_jsonl
 
 
@@ -41,6 +41,9 @@ def test_interval_table_pairs_methods_on_the_same_questions(tmp_path):
     assert table.loc["std-cot", "vs tailored"] == -t["vs std-cot"]
     assert pd.isna(table.loc["std-cot", "vs std-cot"]) and pd.isna(t["vs tailored"])
     assert (table["teacher_examples"] == 7).all()
+    paper = paper_table(table.reset_index())  # methods x tasks, in the methods' canonical order
+    assert list(paper.index) == ["tailored", "std-cot"] and list(paper.columns) == ["multiarith"]
+    assert paper.loc["tailored", "multiarith"] == f"{t['accuracy']:.1f} [{t['ci95_low']:.1f}, {t['ci95_high']:.1f}]"
 
 
 def test_error_types():

@@ -139,3 +139,42 @@ def test_tables_rebuild_from_saved_runs_alone(tiny_run, tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert (tiny_run["dir"] / "tables" / "accuracy.md").read_text().count("|") > 4
+
+
+def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny_run, tmp_path):
+    """Appending std-cot-matched to a finished run: only its rounds run; round 1 is std-cot's,
+    round 2 takes an exam only to count the mistakes and trains on as many random questions."""
+    import yaml
+
+    from l2r_lib.records import ExamRecord, TeacherRecord, load_jsonl
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run)
+    params = yaml.safe_load((REPO / "params" / "tiny.yaml").read_text())
+    params["methods"].append("std-cot-matched")
+    grown = tmp_path / "grown.yaml"
+    grown.write_text(yaml.safe_dump(params))
+    res = subprocess.run(tiny_run["cmd"][:-3] + [str(grown), "--out", str(run)], env=tiny_run["env"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ran = {line.split(":")[0] for line in res.stdout.splitlines() if line.startswith("[l2r]")}
+    assert ran == {"[l2r] std-cot-matched / synthetic / round 1", "[l2r] std-cot-matched / synthetic / round 2"}
+    assert "[l2r] std-cot-matched / synthetic / round 1: shared with std-cot" in res.stdout
+
+    r2 = run / "std-cot-matched" / "synthetic" / "round-2"
+    wrong = [r for r in load_jsonl(ExamRecord, r2 / "exam_train.jsonl") if not r.correct[0]]
+    teacher = load_jsonl(TeacherRecord, r2 / "teacher_round2.jsonl")
+    assert len({t.id for t in teacher}) == len(wrong) > 0
+    assert {t.prompt_kind for t in teacher} == {"rationale"}  # plain rationales, no feedback prompt
+    assert json.loads((r2 / "03_round_training.done.json").read_text())["steps"] > 0
+    assert pd.read_csv(r2 / "losses.csv")["triplet"].eq(0).all()
+    acc = pd.read_csv(run / "tables" / "accuracy.csv", index_col=0)
+    assert "std-cot-matched" in acc.index
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["extended"][-1]["methods"][-1] == "std-cot-matched"
+    assert manifest["config"]["methods"] == params["methods"]
+
+    params["rounds"] = 3  # anything but appended methods or tasks is another run
+    grown.write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="grows only by appending"):
+        pipeline.prepare_run(grown, run)

@@ -200,8 +200,8 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
         shown = table.astype(object).where(table.notna(), None)  # NaN (no such round) prints as "–"
         md.write_text(f"{caption} {who}\n\n{shown.to_markdown(index=index, missingval='–')}\n")
         written[name] = md
-    written["accuracy_by_round_png"] = plot_accuracy_by_round(metrics, run_dir / "figures" / "accuracy_by_round.png")
-    losses = plot_losses(run_dir, run_dir / "figures" / "losses.png")
+    written["accuracy_by_round_png"] = plot_accuracy_by_round(metrics, run_dir / "figures" / "accuracy_by_round.png", who)
+    losses = plot_losses(run_dir, run_dir / "figures" / "losses.png", caption=who)
     if losses:
         written["losses_png"] = losses
     return written
@@ -218,23 +218,73 @@ def _caption(run_dir: Path) -> str:
     return f"Run `{m.get('run')}`, student `{m.get('student')}`, teacher: {teachers}."
 
 
-def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None):
-    import matplotlib.pyplot as plt
+def round_intervals(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per method, task and round: test accuracy (%) with its bootstrap 95% interval over test questions."""
+    rows = []
+    for row in metrics.sort_values(["method", "task", "round"]).itertuples():
+        path = Path(row.path) / "exam_test.jsonl"
+        correct = [r.correct[0] for r in load_jsonl(ExamRecord, path)] if path.is_file() else []
+        lo, hi = bootstrap_interval(correct)
+        rows.append({"method": row.method, "task": row.task, "round": int(row.round), "accuracy": 100 * row.accuracy,
+                     "ci95_low": 100 * lo, "ci95_high": 100 * hi})
+    return pd.DataFrame(rows)
+
+
+def _method_colors(methods) -> dict[str, tuple]:
+    """One fixed colour per method, the same in every figure of every run."""
     import seaborn as sns
 
-    data = metrics.assign(accuracy_pct=metrics["accuracy"] * 100)
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    sns.lineplot(data=data, x="round", y="accuracy_pct", hue="method", style="task", marker="o", ax=ax)
-    ax.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy by round")
-    ax.set_xticks(sorted(data["round"].unique()))
-    return _show_or_save(fig, path)
+    known = list(METHODS) + sorted(set(methods) - set(METHODS))
+    palette = sns.color_palette("tab10", len(known))
+    return {m: palette[known.index(m)] for m in methods}
 
 
-def _show_or_save(fig, path: str | Path | None):
+def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None, caption: str = ""):
+    """Test accuracy by round with 95% interval bars, one panel per task; methods are dodged so
+    that a one-round method is not hidden under a shared round 1."""
+    import matplotlib.pyplot as plt
+
+    data = round_intervals(metrics)
+    tasks = list(dict.fromkeys(data["task"]))
+    methods = [m for m in METHODS if m in set(data["method"])] + sorted(set(data["method"]) - set(METHODS))
+    colors = _method_colors(methods)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.0, 1.8 + 3.6 * len(tasks)), 3.8), squeeze=False, sharey=True)
+    width = 0.6 / max(len(methods), 1)
+    for ax, task in zip(axes[0], tasks):
+        for j, method in enumerate(methods):
+            d = data[(data["task"] == task) & (data["method"] == method)]
+            if d.empty:
+                continue
+            x = d["round"] + (j - (len(methods) - 1) / 2) * width
+            err = [d["accuracy"] - d["ci95_low"], d["ci95_high"] - d["accuracy"]]
+            ax.errorbar(x, d["accuracy"], yerr=err, marker="o", ms=4, capsize=2, lw=1.2, color=colors[method],
+                        label=method)
+        rounds = sorted(data.loc[data["task"] == task, "round"].unique())
+        ax.set(title=task, xlabel="round", xticks=rounds)
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle("Test accuracy by round (bars: bootstrap 95% intervals)", fontsize=10)
+    if caption:
+        _add_caption(fig, caption)
+        fig.subplots_adjust(bottom=0.25)
+    return _show_or_save(fig, path, rect=(0, 0.08 if caption else 0, 1, 1))
+
+
+def _add_caption(fig, caption: str) -> None:
+    """The run's caption (student, teachers) under a figure, wrapped to its width."""
+    import textwrap
+
+    lines = textwrap.wrap(caption.replace("`", ""), int(fig.get_figwidth() * 16))
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, va="bottom")
+
+
+def _show_or_save(fig, path: str | Path | None, rect=(0, 0, 1, 1)):
     """The figure itself (notebooks show it), or saved to ``path`` and closed (reports)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     if path is None:
         return fig
     fig.savefig(path, dpi=120)
@@ -253,22 +303,51 @@ def load_losses(run_dir: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def plot_losses(run_dir: str | Path, path: str | Path | None = None, losses: pd.DataFrame | None = None):
-    """MLE and triplet loss per step, one panel each, a line per method/task/round."""
+def plot_losses(run_dir: str | Path, path: str | Path | None = None, losses: pd.DataFrame | None = None,
+                caption: str = ""):
+    """Small multiples: one column per method, MLE loss on top and the triplet loss below (only for
+    methods that train it); a task's rounds follow each other on one step axis, dotted lines
+    mark where a round starts. Lines are a rolling mean over 5 steps, the raw steps faint."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     losses = load_losses(run_dir) if losses is None else losses
     if losses.empty:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for (method, task, rnd), df in losses.groupby(["method", "task", "round"]):
-        for ax, col in zip(axes, ("mle", "triplet")):
-            if col in df:
-                ax.plot(df["step"], df[col], label=f"{method}/{task}/r{rnd}")
-    for ax, col in zip(axes, ("MLE loss", "triplet loss")):
-        ax.set(xlabel="step", title=col)
-    axes[0].legend(fontsize=7)
-    return _show_or_save(fig, path)
+    methods = [m for m in METHODS if m in set(losses["method"])] + sorted(set(losses["method"]) - set(METHODS))
+    tasks = list(dict.fromkeys(losses["task"]))
+    task_colors = dict(zip(tasks, sns.color_palette("deep", len(tasks))))
+    fig, axes = plt.subplots(2, len(methods), figsize=(1.0 + 3.0 * len(methods), 5.2), squeeze=False, sharex="col")
+    for col, method in enumerate(methods):
+        top, bottom = axes[0][col], axes[1][col]
+        m = losses[losses["method"] == method]
+        trained = "triplet" in m and bool((m["triplet"].fillna(0) > 0).any())
+        for task in tasks:
+            offset = 0
+            for rnd, d in m[m["task"] == task].sort_values("round").groupby("round"):
+                x = d["step"] + offset
+                panels = [(top, "mle")] + ([(bottom, "triplet")] if trained else [])
+                for ax, column in panels:
+                    if offset:
+                        ax.axvline(offset + 0.5, color=task_colors[task], ls=":", lw=0.8)
+                    ax.plot(x, d[column], color=task_colors[task], alpha=0.2, lw=0.7)
+                    ax.plot(x, d[column].rolling(5, min_periods=1).mean(), color=task_colors[task], lw=1.4,
+                            label=task if rnd == 1 and column == "mle" else None)
+                offset = int(x.max())
+        top.set_title(method, fontsize=10)
+        top.set_ylim(bottom=0)
+        if trained:
+            bottom.set(xlabel="step (rounds in order)", ylim=(0, None))
+        else:
+            bottom.axis("off")
+            bottom.text(0.5, 0.5, "no self-reflection", ha="center", va="center", color="gray",
+                        transform=bottom.transAxes)
+    axes[0][0].set_ylabel("MLE loss")
+    axes[1][0].set_ylabel("triplet loss")
+    axes[0][-1].legend(fontsize=8, title="task", title_fontsize=8, loc="upper right", frameon=False)
+    if caption:
+        _add_caption(fig, caption)
+    return _show_or_save(fig, path, rect=(0, 0.06 if caption else 0, 1, 1))
 
 
 # --- notebook views -------------------------------------------------------------------------

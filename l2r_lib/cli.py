@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
         cfg.teacher.kind = "reference"
     if cfg.teacher.feedback_kind == "replay":
         cfg.teacher.feedback_kind = "reference"
-    path = (out or Path("results") / cfg.name) / "params.fallback.yaml"
+    path = (out or paths.results_dir() / cfg.name) / "params.fallback.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, path)
     return path
@@ -98,9 +99,10 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
 def cmd_tables(args: argparse.Namespace) -> None:
     from .evaluation import write_tables
 
-    runs = sorted({p.parent for p in Path(args.results).glob("**/config.yaml")})
+    root = args.results or paths.results_dir()
+    runs = sorted({p.parent for p in Path(root).glob("**/config.yaml")})
     if not runs:
-        raise FileNotFoundError(f"no runs under {args.results!s} (a run directory holds config.yaml)")
+        raise FileNotFoundError(f"no runs under {root!s} (a run directory holds config.yaml)")
     for run_dir in runs:
         try:
             written = write_tables(run_dir)
@@ -108,6 +110,21 @@ def cmd_tables(args: argparse.Namespace) -> None:
             print(f"{run_dir}: skipped ({e})")
             continue
         print(f"{run_dir}: " + ", ".join(str(p.relative_to(run_dir)) for p in written.values()))
+
+
+def cmd_notebooks(args: argparse.Namespace) -> None:
+    """Copy the four notebooks into a folder, for JupyterLab (never over a file that exists)."""
+    from .pipeline import NOTEBOOKS
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    sources = [paths.notebooks_dir() / f"{nb}.ipynb" for nb in NOTEBOOKS]
+    clash = [str(args.dir / s.name) for s in sources if (args.dir / s.name).exists()]
+    if clash and not args.force:
+        raise FileExistsError(f"{', '.join(clash)} exist(s); pass --force to overwrite")
+    for src in sources:
+        shutil.copyfile(src, args.dir / src.name)
+    print(f"copied {len(sources)} notebooks to {args.dir}; their `params` cell takes a file or a shipped set "
+          f"({', '.join(paths.shipped_params())})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,12 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_exam)
 
     r = sub.add_parser("run", help="run every round of a params file through the notebooks; write tables")
-    r.add_argument("params", help="a params YAML, e.g. params/default.yaml")
+    r.add_argument("params", help="a params YAML, or a shipped set by name: default, tiny, colab/gsm8k, paper/gsm8k, ...")
     r.add_argument("--out", type=Path, default=None, help="run directory (default: results/<name>)")
     r.set_defaults(func=cmd_run)
 
+    nb = sub.add_parser("notebooks", help="copy the four notebooks into a folder (for JupyterLab)")
+    nb.add_argument("dir", type=Path, help="target folder (created if missing)")
+    nb.add_argument("--force", action="store_true", help="overwrite notebooks already there")
+    nb.set_defaults(func=cmd_notebooks)
+
     tb = sub.add_parser("tables", help="rebuild the tables and figures of every run from saved run data")
-    tb.add_argument("--results", type=Path, default=Path("results"))
+    tb.add_argument("--results", type=Path, default=None, help="folder searched for runs (default: $L2R_RESULTS, the checkout's results/, else ./results)")
     tb.set_defaults(func=cmd_tables)
     return p
 
@@ -150,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, ImportError) as e:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"l2r: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from . import paths
+
 METHODS = ("tailored", "std-cot", "no-reflection", "no-feedback", "std-cot-matched")
 
 
@@ -196,9 +198,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """RunConfig from a YAML file (or the defaults) plus dotted overrides."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"params file {str(path)!r} does not exist")
+        path = paths.resolve_params(path)
         data = yaml.safe_load(path.read_text()) or {}
     data = apply_overrides(data, overrides or {})
     try:

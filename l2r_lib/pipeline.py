@@ -27,8 +27,6 @@ from .records import ExamRecord, TeacherRecord, load_jsonl
 from .tasks import Example, load_examples
 
 NOTEBOOKS = ("01_mistake_analysis", "02_teacher_prompting", "03_round_training", "04_evaluation")
-NOTEBOOK_DIR = paths.REPO_ROOT / "notebooks"
-RESULTS_DIR = paths.REPO_ROOT / "results"
 
 
 @dataclass
@@ -288,7 +286,7 @@ def rounds_of(cfg: RunConfig, method: str) -> int:
 def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunConfig, Path]:
     """Resolve the params into ``<run_dir>/config.yaml`` and write the manifest."""
     cfg = load_config(params)
-    run_dir = Path(out) if out else RESULTS_DIR / cfg.name
+    run_dir = Path(out) if out else paths.results_dir() / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
@@ -358,10 +356,10 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                     rnd.dir.mkdir(parents=True, exist_ok=True)
                     print(f"[l2r] {method} / {task} / round {k}: {nb}", flush=True)
                     pm.execute_notebook(
-                        str(NOTEBOOK_DIR / f"{nb}.ipynb"), str(rnd.dir / f"{nb}.ipynb"),
+                        str(paths.notebooks_dir() / f"{nb}.ipynb"), str(rnd.dir / f"{nb}.ipynb"),
                         parameters={"params": str(config_path.resolve()), "run_dir": str(run_dir.resolve()),
                                     "method": method, "task": task, "round_idx": k},
-                        kernel_name="python3", progress_bar=progress, cwd=str(NOTEBOOK_DIR),
+                        kernel_name="python3", progress_bar=progress, cwd=str(paths.notebooks_dir()),
                     )
     write_tables(run_dir)
     return run_dir

@@ -1,0 +1,192 @@
+"""The exam: the student answers a split with chain-of-thought, in batches, and is graded.
+
+Batches are sorted by prompt length and left-padded. ``generate`` runs in chunks of a few tokens
+over one KV cache; between chunks, rows that have written their answer line (or EOS) leave the
+batch and the cache, so late steps are not spent on questions already answered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from tqdm import tqdm  # text bars: the same in a terminal, a notebook and papermill logs
+from transformers import (DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
+                          StoppingCriteriaList)
+
+from .answers import extract_answer
+from .config import ExamConfig
+from .prompts import ANSWER_PREFIX, build_prompt, demos_for, split_completion
+from .records import ExamRecord, save_jsonl
+from .tasks import Example, get_task
+
+# A finished answer line ("\nAnswer: 12\n"), or the model starting a new question.
+_DONE_RE = re.compile(rf"{ANSWER_PREFIX}[^\n]*\S[^\n]*\n|\nQuestion:")
+
+
+def trim_completion(text: str) -> str:
+    """Cut generated text after its answer line (or before a hallucinated next question)."""
+    m = _DONE_RE.search(text)
+    if m is None:
+        return text.strip()
+    end = m.start() if m.group(0) == "\nQuestion:" else m.end()
+    return text[:end].strip()
+
+
+def is_done(text: str) -> bool:
+    """Has this generated text finished its answer line (or started a new question)?"""
+    return _DONE_RE.search(text) is not None
+
+
+@lru_cache(maxsize=4)
+def _newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    vocab = range(len(tokenizer))
+    return frozenset(i for i, t in zip(vocab, tokenizer.batch_decode([[i] for i in vocab])) if "\n" in t)
+
+
+class AnswerLineStop(StoppingCriteria):
+    """Per-row stop: True once a row's generated text holds a finished answer line.
+
+    Both endings of ``_DONE_RE`` complete on a newline, so only rows whose last token holds one
+    are decoded: a handful per step instead of the whole batch.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int):
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+        self.newlines = _newline_token_ids(tokenizer)
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.done is None or len(self.done) != len(input_ids):
+            self.done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        for row in (r for r, t in enumerate(last) if t in self.newlines and not self.done[r]):
+            self.done[row] = is_done(self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True))
+        return self.done.clone()
+
+
+@dataclass
+class ExamResult:
+    records: list[ExamRecord]
+    generated_tokens: int
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        """Share of questions answered correctly (greedy; with samples, the first sample)."""
+        return sum(r.correct[0] for r in self.records) / max(len(self.records), 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / max(self.seconds, 1e-9)
+
+    def mistakes(self) -> list[ExamRecord]:
+        return [r for r in self.records if not r.correct[0]]
+
+    def summary(self) -> dict:
+        return {
+            "questions": len(self.records), "accuracy": self.accuracy, "mistakes": len(self.mistakes()),
+            "generated_tokens": self.generated_tokens, "seconds": round(self.seconds, 2),
+            "tokens_per_s": round(self.tokens_per_s, 1),
+        }
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    cfg: ExamConfig,
+) -> tuple[list[list[str]], int]:
+    """Completions (``cfg.num_samples`` per prompt, trimmed) and the count of tokens generated."""
+    tokenizer.padding_side = "left"
+    k, sampling = cfg.num_samples, cfg.num_samples > 1
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    ids, mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
+    prompt_len, pad, eos = ids.shape[1], tokenizer.pad_token_id, model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos]) | {pad}
+    rows = torch.arange(len(ids), device=ids.device)  # original row of each row still generating
+    tokens: list[list[int]] = [[] for _ in range(len(ids))]
+    cache, steps = DynamicCache(config=model.config), 0
+    while len(rows) and steps < cfg.max_new_tokens:
+        n = min(cfg.chunk_tokens, cfg.max_new_tokens - steps)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=n,
+            do_sample=sampling, temperature=cfg.temperature if sampling else None, top_p=None, top_k=None,
+            stopping_criteria=StoppingCriteriaList([AnswerLineStop(tokenizer, prompt_len)]),
+            pad_token_id=pad, return_dict_in_generate=True,
+        )
+        new = out.sequences[:, ids.shape[1]:]
+        steps += new.shape[1]
+        alive = []
+        for j, (row, chunk) in enumerate(zip(rows.tolist(), new.tolist())):
+            stop = next((t for t, tok in enumerate(chunk) if tok in eos), len(chunk))
+            tokens[row] += chunk[:stop]
+            if not is_done(tokenizer.decode(tokens[row], skip_special_tokens=True)):
+                if stop == len(chunk):
+                    alive.append(j)
+                else:
+                    tokens[row].append(chunk[stop])  # an EOS (not the pad after an answer line) was generated
+        keep = torch.tensor(alive, dtype=torch.long, device=ids.device)
+        cache = out.cache
+        cache.batch_select_indices(keep)
+        rows, ids = rows[keep], out.sequences[keep]
+        mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+    texts = [trim_completion(tokenizer.decode(t, skip_special_tokens=True)) for t in tokens]
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], sum(map(len, tokens))
+
+
+def run_exam(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    task: str,
+    cfg: ExamConfig = ExamConfig(),
+    chat: bool = True,
+    num_demos: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> ExamResult:
+    """Grade the student on ``examples``; records come back in the examples' order."""
+    kind = get_task(task).answer_kind
+    examples = examples[: cfg.limit] if cfg.limit else examples
+    demos = demos_for(task, num_demos)
+    prompts = [build_prompt(ex.question, tokenizer, chat=chat, demos=demos) for ex in examples]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(examples)), key=lambda i: -lengths[i])  # longest first: OOM shows early
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    records: dict[int, ExamRecord] = {}
+    total_tokens, start = 0, time.perf_counter()
+    bar = tqdm(total=len(examples), desc=f"exam {task}", unit="q", disable=not progress)
+    for b in range(0, len(order), cfg.batch_size):
+        idx = order[b:b + cfg.batch_size]
+        completions, n = generate_batch(model, tokenizer, [prompts[i] for i in idx], cfg)
+        total_tokens += n
+        for i, texts in zip(idx, completions):
+            ex = examples[i]
+            answers = [extract_answer(t, kind) for t in texts]
+            records[i] = ExamRecord(
+                id=ex.id, question=ex.question, gold=ex.answer, prompt=prompts[i],
+                rationales=[split_completion(t) for t in texts], answers=answers,
+                correct=[get_task(task).check(a, ex.answer) for a in answers], completions=texts,
+            )
+        bar.update(len(idx))
+        bar.set_postfix(tok_s=f"{total_tokens / (time.perf_counter() - start):.0f}")
+    bar.close()
+    model.train(was_training)
+    return ExamResult([records[i] for i in range(len(examples))], total_tokens, time.perf_counter() - start)
+
+
+def save_exam(result: ExamResult, out_dir: str | Path, name: str = "exam") -> Path:
+    """``<name>.jsonl`` (one record a question) and ``<name>.summary.json`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    path = save_jsonl(result.records, out_dir / f"{name}.jsonl")
+    (out_dir / f"{name}.summary.json").write_text(json.dumps(result.summary(), indent=2))
+    return path

@@ -1,0 +1,408 @@
+"""The papermill seam: one function per notebook stage, and the loop that runs them all.
+
+``run_pipeline("params/default.yaml")`` executes notebooks 01 -> 04 for every method, task and
+round into ``results/<run>/<method>/<task>/round-<k>/`` and then writes the run's tables and
+figures. Each stage writes ``<stage>.done.json`` when it has finished; a stage with that marker
+is never run again, so a rerun redoes nothing and a rerun after a crash resumes where it stopped
+(the teacher cache and the training checkpoints cover a stage that died half-way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from . import paths
+from .config import RunConfig, load_config, save_config
+from .records import ExamRecord, TeacherRecord, load_jsonl
+from .tasks import Example, load_examples
+
+NOTEBOOKS = ("01_mistake_analysis", "02_teacher_prompting", "03_round_training", "04_evaluation")
+
+
+@dataclass
+class Round:
+    """Where one round of one method on one task reads and writes."""
+
+    cfg: RunConfig
+    run_dir: Path
+    method: str
+    task: str
+    round_idx: int
+
+    @classmethod
+    def open(cls, params: str | Path, method: str, task: str, round_idx: int,
+             run_dir: str | Path | None = None) -> "Round":
+        """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new)."""
+        cfg, run_dir = prepare_run(params, run_dir)
+        if method not in cfg.methods or task not in cfg.tasks:
+            raise ValueError(f"method {method!r} / task {task!r} not in {params} (methods {cfg.methods}, tasks {cfg.tasks})")
+        return cls(cfg, run_dir, method, task, int(round_idx))
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / self.method / self.task / f"round-{self.round_idx}"
+
+    def round_dir(self, k: int) -> Path:
+        return self.run_dir / self.method / self.task / f"round-{k}"
+
+    @property
+    def previous_adapter(self) -> Path | None:
+        return None if self.round_idx == 1 else self.round_dir(self.round_idx - 1) / "adapter"
+
+    @property
+    def uses_reflection(self) -> bool:
+        return uses_reflection(self.method)
+
+    @property
+    def uses_feedback(self) -> bool:
+        return self.method in ("tailored", "no-reflection") and self.round_idx > 1
+
+    @property
+    def takes_exam(self) -> bool:
+        """Self-reflection needs the student's wrong rationales; every later round needs its
+        mistakes (feedback is on them; the random arms draw as many questions as there were)."""
+        return self.uses_reflection or self.round_idx > 1
+
+    def examples(self, split: str) -> list[Example]:
+        limit = self.cfg.train_limit if split == "train" else self.cfg.test_limit
+        return load_examples(self.task, split, self.cfg.data_dir)[:limit]
+
+    def is_done(self, stage: str) -> bool:
+        return (self.dir / f"{stage}.done.json").is_file()
+
+    def summary(self, stage: str) -> dict:
+        return json.loads((self.dir / f"{stage}.done.json").read_text())
+
+    def mark_done(self, stage: str, summary: dict, started: float) -> dict:
+        summary = summary | {"seconds": round(time.perf_counter() - started, 1)}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / f"{stage}.done.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def student(self, adapter: Path | None):
+        from .student import load_student
+        from .training import load_trained_student
+
+        s = self.cfg.student
+        if adapter is None:
+            return load_student(s.name, load_in_4bit=s.load_in_4bit, dtype=s.dtype)
+        return load_trained_student(s, adapter)
+
+
+# --- the four stages (one per notebook) -----------------------------------------------------
+
+def mistake_analysis(rnd: Round) -> dict:
+    """01: the current student answers the train split; its wrong answers are its mistakes."""
+    from .evaluation import error_table
+    from .exam import run_exam, save_exam
+    from .teacher_data import export_official_mistakes
+
+    if rnd.is_done("01_mistake_analysis"):
+        return rnd.summary("01_mistake_analysis")
+    started = time.perf_counter()
+    if not rnd.takes_exam:
+        return rnd.mark_done("01_mistake_analysis", {"skipped": f"{rnd.method} round {rnd.round_idx} uses no exam"}, started)
+    model, tokenizer = rnd.student(rnd.previous_adapter)
+    s = rnd.cfg.student
+    result = run_exam(model, tokenizer, rnd.examples("train"), rnd.task, rnd.cfg.exam, chat=s.chat,
+                      num_demos=s.num_demos, seed=rnd.cfg.seed)
+    save_exam(result, rnd.dir, "exam_train")
+    export_official_mistakes(result.records, rnd.dir / "mistakes_official.json")
+    errors = error_table(result.records, rnd.task)
+    errors.to_csv(rnd.dir / "error_types.csv", index=False)
+    return rnd.mark_done("01_mistake_analysis", result.summary(), started)
+
+
+def load_exam(rnd: Round, name: str = "exam_train") -> list[ExamRecord] | None:
+    path = rnd.dir / f"{name}.jsonl"
+    return load_jsonl(ExamRecord, path) if path.is_file() else None
+
+
+def _teacher_job(rnd: Round):
+    """(teacher, questions for rationale prompts, mistakes for feedback prompts) of this round."""
+    from .teacher import build_teacher, mistakes_from_exam
+
+    t, train = rnd.cfg.teacher, rnd.examples("train")
+    cache = rnd.run_dir / "teacher_cache.sqlite"  # shared by methods and tasks: a prompt is paid once
+    kind = t.kind if rnd.round_idx == 1 else (t.feedback_kind or t.kind)
+    teacher = build_teacher(t, rnd.task, cache, kind=kind, data_dir=rnd.cfg.data_dir)
+    if rnd.round_idx == 1:
+        return teacher, train, []
+    wrong = [r for r in (load_exam(rnd) or []) if not r.correct[0]]
+    if rnd.uses_feedback:
+        return teacher, [], mistakes_from_exam(wrong, train, k=t.max_rationales)
+    # no-feedback, std-cot-matched: fresh rationales for as many random train questions as there were mistakes
+    return teacher, random.Random(rnd.cfg.seed + rnd.round_idx).sample(train, min(len(wrong), len(train))), []
+
+
+def teacher_estimate(rnd: Round) -> dict:
+    """The dry run: what this round's teacher calls would cost, sending nothing."""
+    teacher, questions, mistakes = _teacher_job(rnd)
+    return teacher.estimate(examples=questions, mistakes=mistakes).to_dict()
+
+
+def teacher_prompting(rnd: Round) -> dict:
+    """02: round 1 (and std-cot): rationales for the train split; later rounds: feedback on mistakes."""
+    from .teacher_data import export_official, keep_stats, save_round
+
+    if rnd.is_done("02_teacher_prompting"):
+        return rnd.summary("02_teacher_prompting")
+    started = time.perf_counter()
+    teacher, questions, mistakes = _teacher_job(rnd)
+    records = teacher.feedback(mistakes, rnd.round_idx) if mistakes else teacher.rationales(questions, rnd.round_idx)
+    save_round(rnd.dir, rnd.round_idx, records, teacher)
+    export_official([r for r in records if r.kept], rnd.dir / "teacher_official.json")
+    usage = teacher.last_usage.to_dict()
+    summary = {"teacher": teacher.name, **keep_stats(records), **{f"usage_{k}": v for k, v in usage.items()}}
+    return rnd.mark_done("02_teacher_prompting", summary, started)
+
+
+def load_teacher_round(rnd: Round, k: int | None = None) -> list[TeacherRecord]:
+    k = k or rnd.round_idx
+    return load_jsonl(TeacherRecord, rnd.round_dir(k) / f"teacher_round{k}.jsonl")
+
+
+def teacher_records(rnd: Round) -> list[TeacherRecord]:
+    """Kept teacher rationales of rounds 1..k: training learns from round k's (all of them with
+    ``train.mix_previous_rounds``) and draws self-reflection positives from every round."""
+    return [r for k in range(1, rnd.round_idx + 1) for r in load_teacher_round(rnd, k) if r.kept]
+
+
+def round_training(rnd: Round) -> dict:
+    """03: train this round from the previous round's adapter (LoRA on a CPU, QLoRA on a GPU)."""
+    from .training import train_round
+
+    if rnd.is_done("03_round_training"):
+        return rnd.summary("03_round_training")
+    started = time.perf_counter()
+    records = teacher_records(rnd)
+    if not any(r.round_idx == rnd.round_idx for r in records):
+        if rnd.previous_adapter is None:
+            raise RuntimeError(f"{rnd.dir}: no kept teacher rationales to train on; see 02_teacher_prompting")
+        # Nothing new to learn (no mistakes, or every feedback dropped): the student stays as it was.
+        shutil.copytree(rnd.previous_adapter, rnd.dir / "adapter", dirs_exist_ok=True)
+        return rnd.mark_done("03_round_training", {"steps": 0, "records": 0, "skipped": "no kept teacher data"}, started)
+    train_cfg = rnd.cfg.train
+    result = train_round(
+        records, load_exam(rnd), train_cfg, rnd.cfg.student, rnd.dir, init_adapter=rnd.previous_adapter,
+        round_idx=rnd.round_idx, use_reflection=rnd.uses_reflection, seed=rnd.cfg.seed, task=rnd.task,
+    )
+    summary = {"steps": result.steps, "records": len(records), "resumed_from_step": result.resumed_from_step}
+    return rnd.mark_done("03_round_training", summary, started)
+
+
+def evaluation(rnd: Round) -> dict:
+    """04: test accuracy of this round's student; metrics.json feeds the run's tables."""
+    from .exam import run_exam, save_exam
+
+    if rnd.is_done("04_evaluation"):
+        return rnd.summary("04_evaluation")
+    started = time.perf_counter()
+    model, tokenizer = rnd.student(rnd.dir / "adapter")
+    s = rnd.cfg.student
+    greedy = dataclasses.replace(rnd.cfg.exam, num_samples=1, limit=None)
+    result = run_exam(model, tokenizer, rnd.examples("test"), rnd.task, greedy, chat=s.chat,
+                      num_demos=s.num_demos, seed=rnd.cfg.seed)
+    save_exam(result, rnd.dir, "exam_test")
+    teacher = json.loads((rnd.dir / "02_teacher_prompting.done.json").read_text())
+    stages = {st: json.loads((rnd.dir / f"{st}.done.json").read_text()).get("seconds")
+              for st in NOTEBOOKS[:3] if (rnd.dir / f"{st}.done.json").is_file()}
+    metrics = {
+        "run": rnd.cfg.name, "method": rnd.method, "task": rnd.task, "round": rnd.round_idx,
+        "accuracy": result.accuracy, "questions": len(result.records),
+        "teacher": teacher.get("teacher"), "teacher_requests": teacher.get("usage_requests", 0),
+        "teacher_questions": teacher.get("questions"), "teacher_kept": teacher.get("kept_records"),
+        "teacher_dropped": teacher.get("records", 0) - teacher.get("kept_records", 0),
+        "teacher_prompt_tokens": teacher.get("usage_prompt_tokens", 0),
+        "teacher_completion_tokens": teacher.get("usage_completion_tokens", 0),
+        "teacher_cost_usd": teacher.get("usage_cost_usd", 0.0),
+        "seconds": {**stages, "04_evaluation": round(time.perf_counter() - started, 1)},
+    }
+    (rnd.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return rnd.mark_done("04_evaluation", {"accuracy": result.accuracy, **result.summary()}, started)
+
+
+def fixed_and_broken(rnd: Round) -> tuple[list[ExamRecord], list[ExamRecord]]:
+    """Test questions fixed and broken since the previous round (round 1: none)."""
+    from .evaluation import fixed_and_broken as diff
+
+    now = load_exam(rnd, "exam_test") or []
+    if rnd.round_idx == 1:
+        return [], []
+    before = load_jsonl(ExamRecord, rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl")
+    return diff(before, now)
+
+
+# --- the whole run --------------------------------------------------------------------------
+
+def uses_reflection(method: str) -> bool:
+    return method in ("tailored", "no-feedback")
+
+
+def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
+    """An earlier method of the run whose finished round 1 is the same computation as ``method``'s.
+
+    Round 1 differs between methods only by self-reflection (feedback starts in round 2), so
+    tailored and no-feedback share one round 1, and std-cot and no-reflection another.
+    """
+    if not cfg.share_round1:
+        return None
+    for other in cfg.methods[: cfg.methods.index(method)]:
+        if uses_reflection(other) == uses_reflection(method) and Round(cfg, run_dir, other, task, 1).is_done("04_evaluation"):
+            return other
+    return None
+
+
+def share_round1(rnd: Round, donor: str) -> None:
+    """Copy the donor's finished round 1 (not its checkpoints) into ``rnd.dir``, all at once."""
+    src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, 1).dir
+    tmp = rnd.dir.with_name(rnd.dir.name + ".sharing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = json.loads((tmp / "metrics.json").read_text())
+    metrics.update(method=rnd.method, shared_from=donor)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (tmp / "SHARED.md").write_text(f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` "
+                                   f"(feedback starts in round 2; both {'use' if rnd.uses_reflection else 'skip'} "
+                                   f"self-reflection): copied from `{donor}/{rnd.task}/round-1`, notebooks included.\n")
+    shutil.rmtree(rnd.dir, ignore_errors=True)  # a copy that died half-way
+    tmp.rename(rnd.dir)
+
+
+def rounds_of(cfg: RunConfig, method: str) -> int:
+    return 1 if method == "std-cot" else cfg.rounds
+
+
+def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunConfig, Path]:
+    """Resolve the params into ``<run_dir>/config.yaml`` and write the manifest."""
+    cfg = load_config(params)
+    run_dir = Path(out) if out else paths.results_dir() / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        saved = load_config(config_path)
+        if saved == cfg:
+            return cfg, run_dir
+        if not _extends(saved, cfg):
+            raise ValueError(f"{config_path} holds a different config than {params}; a run grows only by appending "
+                             "methods or tasks: use another --out or name")
+        # More methods or tasks, all else equal: what has run stays valid, the run grows.
+        save_config(cfg, config_path)
+        record = json.loads((run_dir / "manifest.json").read_text())
+        record.setdefault("extended", []).append({"params_file": str(params), "git_commit": _git_commit(),
+                                                  "methods": cfg.methods, "tasks": cfg.tasks})
+        record["config"] = cfg.to_dict()
+        (run_dir / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
+        return cfg, run_dir
+    save_config(cfg, config_path)
+    (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, params), indent=2) + "\n")
+    return cfg, run_dir
+
+
+def _extends(saved: RunConfig, cfg: RunConfig) -> bool:
+    """``cfg`` is ``saved`` with methods or tasks appended (same order for those already there)."""
+    grown = dataclasses.replace(cfg, methods=saved.methods, tasks=saved.tasks)
+    return (grown == saved and cfg.methods[: len(saved.methods)] == saved.methods
+            and cfg.tasks[: len(saved.tasks)] == saved.tasks)
+
+
+def restore_adapter(rnd: Round) -> None:
+    """Train a finished round's adapter again when it is missing: adapters are not committed, so a
+    fresh clone of a half-done study has each round's data but not its weights. Training reads
+    only saved files (teacher records, exam) with the run's seed: no teacher call, same adapter."""
+    marker = rnd.dir / "03_round_training.done.json"
+    if (rnd.dir / "adapter").is_dir() or not marker.is_file():
+        return
+    if rnd.round_idx > 1:
+        restore_adapter(Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, rnd.round_idx - 1))
+    print(f"[l2r] {rnd.method} / {rnd.task} / round {rnd.round_idx}: adapter missing, training it again", flush=True)
+    summary = marker.read_text()
+    marker.unlink()
+    round_training(rnd)
+    marker.write_text(summary)  # the round's record (steps, seconds) stays the original one
+
+
+def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
+    """Execute every notebook of every method, task and round; then the tables. Returns the run dir."""
+    import papermill as pm
+
+    from .evaluation import write_tables
+
+    cfg, run_dir = prepare_run(params, out)
+    config_path = run_dir / "config.yaml"
+    for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
+        for method in cfg.methods:
+            for k in range(1, rounds_of(cfg, method) + 1):
+                rnd = Round(cfg, run_dir, method, task, k)
+                if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):
+                    print(f"[l2r] {method} / {task} / round 1: shared with {donor}", flush=True)
+                    share_round1(rnd, donor)
+                if not rnd.is_done("04_evaluation"):  # training needs the previous adapter, evaluation its own
+                    trained = k == 1 or rnd.is_done("03_round_training")
+                    restore_adapter(rnd if trained else Round(cfg, run_dir, method, task, k - 1))
+                for nb in NOTEBOOKS:
+                    if rnd.is_done(nb):
+                        continue
+                    rnd.dir.mkdir(parents=True, exist_ok=True)
+                    print(f"[l2r] {method} / {task} / round {k}: {nb}", flush=True)
+                    pm.execute_notebook(
+                        str(paths.notebooks_dir() / f"{nb}.ipynb"), str(rnd.dir / f"{nb}.ipynb"),
+                        parameters={"params": str(config_path.resolve()), "run_dir": str(run_dir.resolve()),
+                                    "method": method, "task": task, "round_idx": k},
+                        kernel_name="python3", progress_bar=progress, cwd=str(paths.notebooks_dir()),
+                    )
+    write_tables(run_dir)
+    return run_dir
+
+
+def manifest(cfg: RunConfig, params: str | Path) -> dict:
+    """What a reader needs to trace every number back: params, versions, commit, data hashes, prompts."""
+    from .teacher_prompts import templates
+
+    versions = {}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "openai", "papermill"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    t = cfg.teacher
+    feedback = t.feedback_kind or t.kind
+    return {
+        "run": cfg.name, "params_file": str(params), "config": cfg.to_dict(), "student": cfg.student.name,
+        "teacher_model": t.model if "openai" in (t.kind, feedback) else None,
+        "teacher_description": t.describe(),
+        "git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
+        "data_files": _data_hashes(cfg), "prompt_templates": templates(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _data_hashes(cfg: RunConfig) -> dict[str, str]:
+    root = paths.data_dir(cfg.data_dir)
+    if root is None:
+        return {}
+    wanted = {"gsm8k": "gsm8k", "multiarith": "multiarith", "svamp": "svamp", "csqa": "csqa", "strategyqa": "strategyqa"}
+    out = {}
+    for task in cfg.tasks:
+        if task not in wanted:
+            continue
+        for f in sorted((root / wanted[task]).glob("*")) + sorted((root / "recorded_teacher").glob(f"{task}.*")):
+            out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+    return out

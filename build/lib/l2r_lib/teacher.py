@@ -1,0 +1,257 @@
+"""The teacher of step 2: three teachers behind one interface.
+
+``build_teacher(cfg, task, cache_path)`` gives a ``Teacher`` with
+
+- ``rationales(examples, round_idx)``: step-by-step rationales for questions (round 1, fresh);
+- ``feedback(mistakes, round_idx)``: for each ``(example, wrong rationale, wrong answer)``, the
+  mistake named and a correct rationale in the student's format (later rounds);
+- ``estimate(examples=..., mistakes=...)``: the dry run, the most a call could cost, sending nothing;
+- ``usage`` (this run so far), ``last_usage`` and ``last_requests`` (the last call, per request).
+
+Every call returns ``TeacherRecord`` s with ``kept`` set by ``teacher_data.mark_kept`` (answer
+matches gold, distinct, at most ``max_rationales`` per question) and ``teacher`` naming who wrote
+the text. The kinds:
+
+- ``openai``: any OpenAI-compatible endpoint via ``ChatClient`` (cached in ``cache_path``);
+  ``n`` samples per prompt. Name ``openai:<model>``.
+- ``replay``: a recorded real teacher (``<data_dir>/recorded_teacher/<task>.*.jsonl``), matched
+  on normalized question text. Name ``replay:<model>``, e.g. ``replay:text-davinci-002``. Only
+  rationale prompts were recorded, so ``feedback`` returns the recorded rationale with
+  ``prompt_kind="rationale"`` (it is not feedback) and the student's rationale attached.
+- ``reference``: deterministic, from the data set's gold rationale (GSM8K solution, MultiArith
+  and SVAMP equation, StrategyQA explanation, synthetic rationale). Its feedback names the
+  student's first false ``a op b = c`` step when there is one. Name ``reference:gold``.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from pathlib import Path
+
+from . import paths
+from .config import TeacherConfig
+from .records import ExamRecord, TeacherRecord
+from .tasks import Example, get_task, read_jsonl
+from .teacher_cache import TeacherCache
+from .teacher_client import ChatClient, ChatRequest, CostEstimate, Usage
+from .teacher_data import make_record, mark_kept, normalize_question
+from .teacher_prompts import feedback_messages, rationale_messages
+
+Mistake = tuple[Example, str, str | None]  # (question, the student's wrong rationale, its answer)
+
+
+class Teacher:
+    name: str = "teacher"
+
+    def __init__(self, cfg: TeacherConfig, task: str):
+        self.cfg, self.task, self.kind = cfg, task, get_task(task).answer_kind
+        self.usage = Usage()  # whole run
+        self.last_usage = Usage()  # last call
+        self.last_requests: list[dict] = []  # last call, one row per request: tokens, cost, cached
+
+    def rationales(self, examples: list[Example], round_idx: int = 1) -> list[TeacherRecord]:
+        raw = self._rationale_texts(examples)
+        records = [make_record(ex, text, self.task, round_idx, "rationale", self.name) for ex, text in raw]
+        return mark_kept(records, self.cfg.max_rationales)
+
+    def feedback(self, mistakes: list[Mistake], round_idx: int) -> list[TeacherRecord]:
+        raw = self._feedback_texts(mistakes)
+        records = [make_record(m[0], text, self.task, round_idx, kind, self.name, student_rationale=m[1])
+                   for m, text, kind in raw]
+        return mark_kept(records, self.cfg.max_rationales)
+
+    def estimate(self, examples: list[Example] = (), mistakes: list[Mistake] = ()) -> CostEstimate:
+        n = len(examples) + len(mistakes)
+        return CostEstimate(n, n, 0, 0, 0, 0.0)  # offline teachers cost nothing
+
+    def _record_usage(self, usage: Usage, rows: list[dict]) -> None:
+        self.last_usage, self.last_requests = usage, rows
+        self.usage += usage
+
+    def _rationale_texts(self, examples: list[Example]) -> list[tuple[Example, str]]:
+        raise NotImplementedError
+
+    def _feedback_texts(self, mistakes: list[Mistake]) -> list[tuple[Mistake, str, str]]:
+        """(mistake, teacher output, prompt_kind) per output."""
+        raise NotImplementedError
+
+
+class OpenAITeacher(Teacher):
+    def __init__(self, cfg: TeacherConfig, task: str, cache_path: str | Path, progress: bool = True):
+        super().__init__(cfg, task)
+        self.name = f"openai:{cfg.model}"
+        self.client = ChatClient(cfg, TeacherCache(cache_path), progress=progress)
+
+    def _rationale_requests(self, examples: list[Example]) -> list[ChatRequest]:
+        return [ChatRequest(rationale_messages(ex.question, self.kind), s) for ex in examples for s in range(self.cfg.n)]
+
+    def _feedback_requests(self, mistakes: list[Mistake]) -> list[ChatRequest]:
+        return [ChatRequest(feedback_messages(ex.question, wrong, answer, self.kind,
+                                              ex.answer if self.cfg.show_gold else None), s)
+                for ex, wrong, answer in mistakes for s in range(self.cfg.n)]
+
+    def estimate(self, examples: list[Example] = (), mistakes: list[Mistake] = ()) -> CostEstimate:
+        return self.client.estimate(self._rationale_requests(list(examples)) + self._feedback_requests(list(mistakes)))
+
+    def _ask(self, requests: list[ChatRequest], owners: list[Example], desc: str) -> list[str]:
+        results, usage = self.client.complete(requests, desc=desc)
+        rows, paid = [], set()
+        for ex, req, res in zip(owners, requests, results):
+            cached = res.cached or res.key in paid  # a repeated request in one batch is sent once
+            paid.add(res.key)
+            rows.append({"id": ex.id, "sample": req.sample_idx, "key": res.key, "cached": cached,
+                         "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+                         "cost_usd": 0.0 if cached else res.cost_usd})
+        self._record_usage(usage, rows)
+        return [r.text for r in results]
+
+    def _rationale_texts(self, examples: list[Example]) -> list[tuple[Example, str]]:
+        owners = [ex for ex in examples for _ in range(self.cfg.n)]
+        texts = self._ask(self._rationale_requests(examples), owners, f"{self.name} rationales")
+        return list(zip(owners, texts))
+
+    def _feedback_texts(self, mistakes: list[Mistake]) -> list[tuple[Mistake, str, str]]:
+        owners = [m for m in mistakes for _ in range(self.cfg.n)]
+        texts = self._ask(self._feedback_requests(mistakes), [m[0] for m in owners], f"{self.name} feedback")
+        return [(m, t, "feedback") for m, t in zip(owners, texts)]
+
+
+class ReplayTeacher(Teacher):
+    def __init__(self, cfg: TeacherConfig, task: str, data_dir: str | Path | None = None):
+        super().__init__(cfg, task)
+        path = Path(cfg.replay_path) if cfg.replay_path else _recording_for(task, data_dir)
+        self.path = path
+        self.name = "replay:" + path.name.removesuffix(".jsonl").split(".")[-1]
+        self.recorded = {normalize_question(row["question"]): row["completion"] for row in read_jsonl(path)}
+
+    def _lookup(self, examples: list[Example]) -> list[str]:
+        missing = [ex for ex in examples if normalize_question(ex.question) not in self.recorded]
+        if missing:
+            raise KeyError(f"the recording {str(self.path)!r} lacks {len(missing)} of {len(examples)} questions "
+                           f"(first: {missing[0].id} {missing[0].question[:60]!r}); use a split it covers "
+                           f"(see ../shared/data/README.md) or teacher.kind 'reference' or 'openai'")
+        return [self.recorded[normalize_question(ex.question)] for ex in examples]
+
+    def _rationale_texts(self, examples: list[Example]) -> list[tuple[Example, str]]:
+        texts = self._lookup(examples)
+        self._record_usage(Usage(cache_hits=len(texts)), [])
+        return list(zip(examples, texts))
+
+    def _feedback_texts(self, mistakes: list[Mistake]) -> list[tuple[Mistake, str, str]]:
+        texts = self._lookup([m[0] for m in mistakes])
+        self._record_usage(Usage(cache_hits=len(texts)), [])
+        return [(m, t, "rationale") for m, t in zip(mistakes, texts)]  # no feedback recorded: the rationale stands in
+
+
+def _recording_for(task: str, data_dir: str | Path | None) -> Path:
+    root = paths.data_dir(data_dir)
+    if root is None:
+        raise FileNotFoundError(f"teacher.kind='replay' needs a local data directory with recorded_teacher/; "
+                                f"set ${paths.DATA_DIR_ENV} or teacher.replay_path")
+    found = sorted((root / "recorded_teacher").glob(f"{task}.*.jsonl"))
+    if len(found) != 1:
+        have = sorted(p.name for p in (root / "recorded_teacher").glob("*.jsonl"))
+        raise FileNotFoundError(f"expected one recording {task}.*.jsonl in {root / 'recorded_teacher'}, found "
+                                f"{len(found)} (have: {have}); set teacher.replay_path to choose one")
+    return found[0]
+
+
+class ReferenceTeacher(Teacher):
+    name = "reference:gold"
+
+    def _gold(self, ex: Example) -> str:
+        if not ex.rationale:
+            raise ValueError(f"teacher.kind='reference' needs gold rationales, but {ex.id} ({self.task}) has none; "
+                             f"use teacher.kind 'replay' or 'openai' for this task")
+        return f"Reasoning: {ex.rationale.strip()}\nAnswer: {ex.answer}"
+
+    def _rationale_texts(self, examples: list[Example]) -> list[tuple[Example, str]]:
+        self._record_usage(Usage(), [])
+        return [(ex, self._gold(ex)) for ex in examples]
+
+    def _feedback_texts(self, mistakes: list[Mistake]) -> list[tuple[Mistake, str, str]]:
+        self._record_usage(Usage(), [])
+        return [((ex, wrong, answer), f"Mistake: {describe_mistake(wrong, answer, ex.answer)}\n{self._gold(ex)}", "feedback")
+                for ex, wrong, answer in mistakes]
+
+
+# --- finding the first false step -----------------------------------------------------------
+
+NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
+CLAIM_RE = re.compile(rf"((?:\(\s*)*{NUM}(?:\s*\)*\s*[-+*/x×÷]\s*\(*\s*{NUM})+\s*\)*)\s*=\s*({NUM})")
+OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(expr: str) -> float | None:
+    """Value of an arithmetic expression of numbers, + - * / and parentheses; None if not one."""
+    text = re.sub(r"[$,]", "", expr).replace("×", "*").replace("x", "*").replace("÷", "/")
+    text = text.lstrip("(") if text.count("(") > text.count(")") else text
+    text = text.rstrip(")") if text.count(")") > text.count("(") else text
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in OPS:
+            return OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise ValueError(f"not arithmetic: {ast.dump(node)}")
+
+    try:
+        return ev(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError):
+        return None
+
+
+def first_wrong_step(rationale: str) -> tuple[str, float] | None:
+    """The first ``a op b = c`` claim whose left side is not ``c``, with its true value."""
+    for m in CLAIM_RE.finditer(rationale):
+        value, claimed = _evaluate(m.group(1)), _evaluate(m.group(2))
+        if value is not None and claimed is not None and not math.isclose(value, claimed, rel_tol=1e-4, abs_tol=1e-6):
+            return m.group(0).strip(), value
+    return None
+
+
+def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:
+    step = first_wrong_step(rationale)
+    if step is not None:
+        claim, value = step
+        left = claim.rsplit("=", 1)[0].strip()
+        return f'the step "{claim}" is wrong: {left} = {value:g}.'
+    if answer is None:
+        return "the reasoning never reaches a final answer."
+    return f"the reasoning concludes {answer}, but the correct answer is {gold}."
+
+
+# --- construction -----------------------------------------------------------------------------
+
+def build_teacher(cfg: TeacherConfig, task: str, cache_path: str | Path, kind: str | None = None,
+                  data_dir: str | Path | None = None, progress: bool = True) -> Teacher:
+    """The teacher of ``kind`` (default ``cfg.kind``); ``cache_path`` is the openai kind's SQLite file."""
+    kind = kind or cfg.kind
+    if kind == "openai":
+        return OpenAITeacher(cfg, task, cache_path, progress=progress)
+    if kind == "replay":
+        return ReplayTeacher(cfg, task, data_dir)
+    if kind == "reference":
+        return ReferenceTeacher(cfg, task)
+    raise ValueError(f"teacher kind {kind!r}: must be one of openai, replay, reference")
+
+
+def mistakes_from_exam(exams: list[ExamRecord], examples: list[Example], k: int = 4) -> list[Mistake]:
+    """Up to ``k`` distinct wrong (rationale, answer) pairs per question of an exam, as feedback input."""
+    by_id = {ex.id: ex for ex in examples}
+    out: list[Mistake] = []
+    for e in exams:
+        if e.id not in by_id:
+            raise KeyError(f"exam record {e.id!r} matches no given example; pass the examples the exam was run on")
+        seen: set[str] = set()
+        for rationale, answer, ok in zip(e.rationales, e.answers, e.correct):
+            if not ok and rationale.strip() and rationale not in seen and len(seen) < k:
+                seen.add(rationale)
+                out.append((by_id[e.id], rationale, answer))
+    return out
+

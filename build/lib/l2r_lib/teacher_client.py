@@ -1,0 +1,263 @@
+"""Chat completions from any OpenAI-compatible endpoint, cached, bounded, rate limited, retried.
+
+``ChatClient(cfg, cache).complete(requests)`` answers a batch of chat requests: cached ones
+from the cache, the rest through ``openai.AsyncOpenAI`` with at most ``max_concurrency`` in
+flight, within ``requests_per_minute`` and ``tokens_per_minute``, retried by tenacity with
+jittered exponential backoff (honouring ``Retry-After``) on 429, 408/409, 5xx, timeouts,
+dropped connections and malformed bodies. Each answer is stored the moment it arrives.
+
+The endpoint: ``cfg.base_url``, else ``$OPENAI_BASE_URL``, else OpenAI. The key only ever comes
+from ``$OPENAI_API_KEY``; it is handed to the SDK and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import openai
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tqdm.auto import tqdm
+
+from .config import TeacherConfig
+from .teacher_cache import CachedResponse, TeacherCache, request_key
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+LOCAL_KEY = "EMPTY"  # local servers (vLLM, llama.cpp, Ollama) accept any key; the SDK wants one
+CHARS_PER_TOKEN = 4.0  # rough English average, for dry runs and the token budget only
+MAX_RETRY_AFTER_S = 60.0
+
+
+class MalformedResponse(Exception):
+    """A 200 response without a usable completion (garbage body, no choices, no content)."""
+
+
+class TeacherRequestError(RuntimeError):
+    """Some requests failed after all retries; the answered ones are cached."""
+
+
+@dataclass
+class Usage:
+    requests: int = 0  # answered by the endpoint, parsed and stored
+    cache_hits: int = 0  # answered from the cache (cost nothing)
+    retries: int = 0  # failed attempts that were retried
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __iadd__(self, other: "Usage") -> "Usage":
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict]
+    sample_idx: int = 0  # n samples of one prompt are n requests with their own cache keys
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    key: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    cached: bool  # came from the cache, not the endpoint, in this call
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    requests: int  # in the batch
+    cached: int  # already answered: free
+    to_send: int
+    prompt_tokens: int  # estimated, for the requests to send
+    completion_tokens_max: int  # max_tokens per request to send: an upper bound
+    cost_usd_max: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def approx_tokens(messages: list[dict]) -> int:
+    return int(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN) + 4 * len(messages)
+
+
+class RateLimiter:
+    """Token bucket: ``per_minute`` units a minute, bursts up to a minute's worth; FIFO waiters."""
+
+    def __init__(self, per_minute: float):
+        if per_minute <= 0:
+            raise ValueError(f"rate limit {per_minute!r} per minute must be > 0")
+        self.capacity, self.rate = float(per_minute), per_minute / 60.0
+        self.level, self.stamp = self.capacity, time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        amount = min(amount, self.capacity)  # a request bigger than the bucket waits for a full one
+        async with self._lock:  # holding the lock while sleeping keeps waiters in order
+            while True:
+                now = time.monotonic()
+                self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.level >= amount:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((amount - self.level) / self.rate)
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    # APIConnectionError covers timeouts and dropped connections. A garbage body surfaces as a
+    # ValueError from decoding it (JSONDecodeError, UnicodeDecodeError): nothing else in an
+    # attempt raises one, since the request itself is built before the first attempt.
+    return isinstance(exc, (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse, ValueError))
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            return min(float(headers[name]) * scale, MAX_RETRY_AFTER_S)
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+class _BackoffWait:
+    """Jittered exponential backoff, never shorter than the server's Retry-After."""
+
+    def __init__(self):
+        self._exp = wait_random_exponential(multiplier=0.5, max=20.0)
+
+    def __call__(self, state) -> float:
+        after = _retry_after(state.outcome.exception() if state.outcome else None)
+        return max(self._exp(state), after or 0.0)
+
+
+def resolve_endpoint(cfg: TeacherConfig) -> tuple[str | None, str]:
+    """(base_url, api_key): the key from the environment only; a local URL needs none."""
+    base_url = cfg.base_url or os.environ.get(BASE_URL_ENV) or None
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
+        if base_url is None:
+            raise ValueError(f"teacher.kind='openai' with OpenAI's endpoint needs ${API_KEY_ENV} in the environment; "
+                             f"or set teacher.base_url (or ${BASE_URL_ENV}) to a local OpenAI-compatible server")
+        key = LOCAL_KEY
+    return base_url, key
+
+
+class ChatClient:
+    def __init__(self, cfg: TeacherConfig, cache: TeacherCache, progress: bool = True):
+        self.cfg, self.cache, self.progress = cfg, cache, progress
+
+    def params(self, sample_idx: int) -> dict:
+        """Sampling parameters that define an answer (part of the cache key)."""
+        return {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens, "sample": sample_idx}
+
+    def key(self, req: ChatRequest) -> str:
+        return request_key(self.cfg.model, req.messages, self.params(req.sample_idx))
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens / 1000 * self.cfg.price_per_1k_input + completion_tokens / 1000 * self.cfg.price_per_1k_output
+
+    def estimate(self, requests: list[ChatRequest]) -> CostEstimate:
+        """Dry run: what sending the uncached requests would cost at most; sends nothing."""
+        todo = {self.key(r): r for r in requests if self.key(r) not in self.cache}
+        prompt = sum(approx_tokens(r.messages) for r in todo.values())
+        completion = len(todo) * self.cfg.max_tokens
+        return CostEstimate(len(requests), len(requests) - len(todo), len(todo), prompt, completion,
+                            self.cost(prompt, completion))
+
+    def complete(self, requests: list[ChatRequest], desc: str = "teacher") -> tuple[list[ChatResult], Usage]:
+        """Results in request order, and this call's usage. Works inside a running loop (notebooks)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.acomplete(requests, desc))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.acomplete(requests, desc)).result()
+
+    async def acomplete(self, requests: list[ChatRequest], desc: str = "teacher") -> tuple[list[ChatResult], Usage]:
+        usage = Usage()
+        keys = [self.key(r) for r in requests]
+        results: dict[str, ChatResult] = {}
+        todo: dict[str, ChatRequest] = {}
+        for key, req in zip(keys, requests):
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[key] = ChatResult(key, hit.text, hit.prompt_tokens, hit.completion_tokens, hit.cost_usd, True)
+            elif key not in results:
+                todo[key] = req
+        usage.cache_hits = len(requests) - len(todo)
+        if todo:
+            base_url, api_key = resolve_endpoint(self.cfg)
+            sem = asyncio.Semaphore(self.cfg.max_concurrency)
+            rpm, tpm = RateLimiter(self.cfg.requests_per_minute), RateLimiter(self.cfg.tokens_per_minute)
+            bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, leave=False)
+            async with openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=self.cfg.timeout_s,
+                                          max_retries=0) as client:  # tenacity retries, so one policy counts all
+
+                async def attempt(key: str, req: ChatRequest) -> CachedResponse:
+                    async with sem:
+                        await rpm.acquire(1)
+                        await tpm.acquire(approx_tokens(req.messages) + self.cfg.max_tokens)
+                        start = time.monotonic()
+                        resp = await client.chat.completions.create(
+                            model=self.cfg.model, messages=req.messages, temperature=self.cfg.temperature,
+                            max_tokens=self.cfg.max_tokens, n=1)
+                    return self._parse(key, resp, time.monotonic() - start)
+
+                def count_retry(state) -> None:
+                    usage.retries += 1
+                    log.debug("retrying after %r", state.outcome.exception())
+
+                async def one(key: str, req: ChatRequest) -> None:
+                    retrying = AsyncRetrying(retry=retry_if_exception(_retryable), wait=_BackoffWait(),
+                                             stop=stop_after_attempt(self.cfg.max_retries + 1), reraise=True,
+                                             before_sleep=count_retry)
+                    got = await retrying(attempt, key, req)
+                    # stored before it is counted: the usage is exactly what the cache holds
+                    self.cache.put(key, self.cfg.model, {"messages": req.messages, **self.params(req.sample_idx)}, got)
+                    usage.requests += 1
+                    usage.prompt_tokens += got.prompt_tokens
+                    usage.completion_tokens += got.completion_tokens
+                    usage.cost_usd += got.cost_usd
+                    results[key] = ChatResult(key, got.text, got.prompt_tokens, got.completion_tokens, got.cost_usd, False)
+                    bar.update(1)
+
+                outcomes = await asyncio.gather(*(one(k, r) for k, r in todo.items()), return_exceptions=True)
+            bar.close()
+            errors = [e for e in outcomes if isinstance(e, BaseException)]
+            if errors:
+                raise TeacherRequestError(
+                    f"{len(errors)} of {len(todo)} teacher requests to {base_url or 'OpenAI'} failed after "
+                    f"{self.cfg.max_retries} retries (first: {errors[0]!r}); the {usage.requests} answered are cached "
+                    f"in {self.cache.path}: rerun to send only the rest") from errors[0]
+        return [results[k] for k in keys], usage
+
+    def _parse(self, key: str, resp, latency_s: float) -> CachedResponse:
+        try:
+            text = resp.choices[0].message.content
+        except (AttributeError, IndexError, TypeError, KeyError):
+            raise MalformedResponse(f"no completion in response body {str(resp)[:80]!r}") from None
+        if not isinstance(text, str):
+            raise MalformedResponse(f"completion content is {type(text).__name__}, not text")
+        usage = getattr(resp, "usage", None)  # some servers omit it: count zero rather than guess
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        return CachedResponse(key, text, pt, ct, self.cost(pt, ct), latency_s)

@@ -49,7 +49,13 @@ def cmd_exam(args: argparse.Namespace) -> None:
     examples = load_examples(task, args.split, args.data_dir)
     cfg = ExamConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                      num_samples=args.samples, temperature=args.temperature, limit=args.limit)
-    model, tokenizer = load_student(args.student, load_in_4bit=args.load_in_4bit)
+    if args.adapter:  # a trained round's student: l2r exam --adapter results/<run>/<method>/<task>/round-<k>/adapter
+        from .config import StudentConfig
+        from .training import load_trained_student
+
+        model, tokenizer = load_trained_student(StudentConfig(name=args.student, load_in_4bit=args.load_in_4bit), args.adapter)
+    else:
+        model, tokenizer = load_student(args.student, load_in_4bit=args.load_in_4bit)
     result = run_exam(model, tokenizer, examples, task, cfg, chat=not args.plain, num_demos=args.demos)
     if args.out:
         save_exam(result, args.out, f"exam-{task}-{args.split}")
@@ -128,48 +134,59 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="l2r", description="Tailored reasoning distillation (Wang et al., EMNLP 2023).")
-    p.add_argument("--data-dir", default=None, help=f"local data sets (default: ${paths.DATA_DIR_ENV}, else the Hub)")
+    # Global options are accepted before or after the subcommand (SUPPRESS: a subcommand that is
+    # not given one keeps the value parsed before it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help=f"local data sets (default: ${paths.DATA_DIR_ENV}, else the Hub)")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="l2r", description="Tailored reasoning distillation (Wang et al., EMNLP 2023).",
+                                parents=[common], formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("tasks", help="list the tasks with their split sizes")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=fmt)
+
+    t = command("tasks", "list the tasks with their split sizes")
     t.set_defaults(func=cmd_tasks)
 
-    e = sub.add_parser("exam", help="the student answers a split; prints accuracy and tokens/s")
-    e.add_argument("--task", default="multiarith")
-    e.add_argument("--split", default="test", choices=["train", "test"])
+    e = command("exam", "the student answers a split; prints accuracy and tokens/s")
+    e.add_argument("--task", default="multiarith", help="a task of `l2r tasks`, or jsonl:PATH[:KIND]")
+    e.add_argument("--split", default="test", choices=["train", "test"], help="which split answers")
     e.add_argument("--student", default="smollm2-135m", help="smollm2-135m, tiny, a Hub id or a local path")
     e.add_argument("--limit", type=int, default=None, help="first N questions")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-new-tokens", type=int, default=160)
+    e.add_argument("--batch-size", type=int, default=32, help="questions generated together")
+    e.add_argument("--max-new-tokens", type=int, default=160, help="rationale + answer line")
     e.add_argument("--samples", type=int, default=1, help="answers sampled per question (1: greedy)")
-    e.add_argument("--temperature", type=float, default=0.7)
+    e.add_argument("--temperature", type=float, default=0.7, help="with --samples > 1")
     e.add_argument("--demos", type=int, default=0, help="worked demos before each question")
     e.add_argument("--plain", action="store_true", help="plain Question/Reasoning/Answer text, no chat template")
-    e.add_argument("--load-in-4bit", action="store_true")
+    e.add_argument("--load-in-4bit", action="store_true", help="NF4 weights (QLoRA's student)")
+    e.add_argument("--adapter", type=Path, default=None, help="a trained round's LoRA adapter on --student "
+                   "(results/<run>/<method>/<task>/round-<k>/adapter); default: the untrained student")
     e.add_argument("--fallback", action="store_true", help="use the synthetic task when the data is unreachable")
     e.add_argument("--out", type=Path, default=None, help="directory for the JSONL records and summary")
     e.add_argument("--json", action="store_true", help="also print the summary as JSON")
     e.set_defaults(func=cmd_exam)
 
-    r = sub.add_parser("run", help="run every round of a params file through the notebooks; write tables")
+    r = command("run", "run every round of a params file through the notebooks; write tables")
     r.add_argument("params", help="a params YAML, or a shipped set by name: default, tiny, colab/gsm8k, paper/gsm8k, ...")
     r.add_argument("--out", type=Path, default=None, help="run directory (default: results/<name>)")
     r.set_defaults(func=cmd_run)
 
-    nb = sub.add_parser("notebooks", help="copy the four notebooks into a folder (for JupyterLab)")
+    nb = command("notebooks", "copy the four notebooks into a folder (for JupyterLab)")
     nb.add_argument("dir", type=Path, help="target folder (created if missing)")
     nb.add_argument("--force", action="store_true", help="overwrite notebooks already there")
     nb.set_defaults(func=cmd_notebooks)
 
-    tb = sub.add_parser("tables", help="rebuild the tables and figures of every run from saved run data")
+    tb = command("tables", "rebuild the tables and figures of every run from saved run data")
     tb.add_argument("--results", type=Path, default=None, help="folder searched for runs (default: $L2R_RESULTS, the checkout's results/, else ./results)")
     tb.set_defaults(func=cmd_tables)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv, namespace=argparse.Namespace(data_dir=None))
     try:
         args.func(args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:

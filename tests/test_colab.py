@@ -45,6 +45,7 @@ def test_colab_user_installs_from_git_and_runs_in_an_empty_folder(tmp_path):
     and notebook 01 under papermill write their results there, none into site-packages."""
     if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
         pytest.skip("the repository has no commit to install from")
+    env = {k: v for k, v in os.environ.items() if k not in (paths.RESULTS_ENV, "PYTHONPATH")}  # nothing of this checkout
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--upgrade-deps", str(venv)], check=True)  # a current pip, as on Colab
     py = venv / "bin" / "python"
@@ -54,14 +55,13 @@ def test_colab_user_installs_from_git_and_runs_in_an_empty_folder(tmp_path):
     # multi-GB download; l2r itself is a real, non-editable install from the git URL.
     (site / "_deps_from_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     install = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", f"{paths.DISTRIBUTION} @ git+file://{REPO}"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=env)
     assert install.returncode == 0, install.stderr[-2000:]
     work = tmp_path / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in (paths.RESULTS_ENV, "PYTHONPATH")}
     where = subprocess.run([py, "-c", "import l2r_lib.paths as p; print(p.PACKAGE_DIR, p.in_checkout())"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert where == [str(site / "l2r_lib"), "False"]  # the installed copy, not this checkout
+                           cwd=work, env=env, capture_output=True, text=True)
+    assert where.stdout.split() == [str(site / "l2r_lib"), "False"], where.stderr[-2000:]  # the installed copy
 
     run = subprocess.run([venv / "bin" / "l2r", "run", "tiny"], cwd=work, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]

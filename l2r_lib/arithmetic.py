@@ -137,7 +137,7 @@ def _computes(expression: str) -> bool:
 
 
 def claims(text: str) -> list[Claim]:
-    """Every arithmetic step ``left = right`` in ``text`` whose left side computes something.
+    """Every arithmetic step ``left = right`` in ``text`` that computes something.
 
     A whole chain is read at once, so "3 + 4 + 5 = 12" and "2 * 3 + 1 = 7" are one step each.
     In a chain "12 + 3 = 15 - 5 = 10" each link is a step, and a link holds when the left side
@@ -146,9 +146,9 @@ def claims(text: str) -> list[Claim]:
     out = []
     for m in CHAIN_RE.finditer(text):
         parts = [p.strip() for p in m.group(0).split("=")]
-        for left, right in zip(parts, parts[1:]):
-            if not _computes(left):
-                continue  # "x = 5" or "15 = 15": nothing computed
+        for link, (left, right) in enumerate(zip(parts, parts[1:])):
+            if link == 0 and not _computes(left) and not _computes(right):
+                continue  # "15 = 15": nothing computed
             result = _holds(left, right)
             lead = re.match(rf"\(?\s*({_TERM})", right)
             if result is not None and not result[1] and _computes(right) and lead:

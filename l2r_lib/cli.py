@@ -14,11 +14,13 @@ FALLBACK_TASK = "synthetic"
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    print(f"{'task':<12}{'answer':<8}{'train':>7}{'test':>7}  description")
-    for name in args.task or TASKS:
+    names = args.task or list(TASKS)
+    w = max(12, *(len(n) + 2 for n in names))
+    lines = [f"{'task':<{w}}{'answer':<8}{'train':>7}{'test':>7}  description"]
+    for name in names:
         spec = get_task(name) if name != "jsonl" else TASKS[name]
         if name == "jsonl":
-            print(f"{'jsonl:PATH':<12}{'any':<8}{'':>7}{'':>7}  {spec.description}")
+            lines.append(f"{'jsonl:PATH':<{w}}{'any':<8}{'':>7}{'':>7}  {spec.description}")
             continue
         try:
             sizes = split_sizes(name, args.data_dir)
@@ -27,7 +29,8 @@ def cmd_tasks(args: argparse.Namespace) -> None:
             if args.task:  # asked for by name: say why there are no sizes
                 raise
             train, test = "-", "-"
-        print(f"{name:<12}{spec.answer_kind:<8}{train:>7}{test:>7}  {spec.description}")
+        lines.append(f"{name:<{w}}{spec.answer_kind:<8}{train:>7}{test:>7}  {spec.description}")
+    print("\n".join(lines))
 
 
 def reachable_task(task: str, data_dir: str | None) -> str:

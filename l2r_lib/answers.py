@@ -112,9 +112,9 @@ def _numbers(text: str, first_only: bool) -> list[str]:
             continue
         if first_only:
             # "the answer is 12 + 3 = 15": the result of the equation, not its first number
-            chain = next((c for c in CHAIN_RE.finditer(text, max(0, m.start() - 8)) if c.start() <= m.start() < c.end()), None)
+            chain = CHAIN_RE.search(text, max(0, m.start() - 8))
             # only a computation of numbers: "x - 10 = 50" is an equation still to solve
-            if chain is not None and not re.search(r"[A-Za-z]\s*[-+*/=]\s*$", text[:chain.start()]):
+            if chain is not None and chain.start() <= m.start() < chain.end() and not re.search(r"[A-Za-z]\s*[-+*/=]\s*$", text[:chain.start()]):
                 result = chain.group(0).rsplit("=", 1)[1].strip()
                 value = parse_value(result)
                 value = evaluate(result, percent_of_hundred=False) if value is None else value
@@ -146,10 +146,11 @@ def _choices(text: str, options: Options | None, after_trigger: bool) -> list[st
     for m in LETTER_RE.finditer(text):
         if m.group(1) in letters and not ARTICLE_RE.match(text, m.start()):
             found.append((m.start(), m.group(1)))
-    for letter, option in (options or {}).items():
-        if option.strip():
-            for m in re.finditer(rf"(?<!\w){re.escape(option.strip())}(?!\w)", text, re.IGNORECASE):
-                found.append((m.start() + 0.5, letter))  # a letter at the same place wins
+    if not found:  # no letter given: the option's text ("the answer is cupboard")
+        for letter, option in (options or {}).items():
+            if option.strip():
+                found += [(m.start(), letter) for m in
+                          re.finditer(rf"(?<!\w){re.escape(option.strip())}(?!\w)", text, re.IGNORECASE)]
     return [letter for _, letter in sorted(found, key=lambda f: f[0])]
 
 

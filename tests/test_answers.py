@@ -106,6 +106,10 @@ def test_choice_extraction(text, expected):
     assert extract_answer(text, "choice") == expected
 
 
+def test_a_given_letter_beats_an_option_text():
+    assert extract_answer("The answer is that plates go in the (E).", "choice", {**OPTIONS, "A": "go"}) == "E"
+
+
 def test_options_are_read_from_the_question():
     q = "Where do plates go? Answer Choices: (A) table (B) cupboard (C) oven"
     assert question_options(q) == {"A": "table", "B": "cupboard", "C": "oven"}
@@ -156,8 +160,9 @@ JUDGED_RIGHT = {
 
 
 def _reads_equation_result(completion: str, ours: str, logged: str) -> bool:
-    """Whether ``logged`` is the first number of an equation in ``completion`` whose result is ``ours``."""
-    for chain in CHAIN_RE.finditer(completion):
+    """Whether ``logged`` is the first number of an equation after the last "answer" in ``completion``
+    whose result is ``ours``."""
+    for chain in CHAIN_RE.finditer(completion, completion.lower().rfind("answer") + 1):
         parts = chain.group(0).split("=")
         first = re.search(r"[-\u2212]?\d[\d,]*(?:\.\d+)?", parts[0])
         result = normalize_answer(parts[-1].strip(), "number")

@@ -88,11 +88,13 @@ def extract_answer(text: str, kind: AnswerKind, options: Options | None = None) 
     # With a trigger, only what follows it counts: "Answer: thirty" is no answer, even if the
     # reasoning above it holds numbers. A last trigger with nothing readable after it ("the
     # answer (words) is ...", a cut-off text) leaves the word to the one before it.
-    for tail in tails:
-        found = _candidates(tail, kind, options, after_trigger=True)
-        if found:
-            return found[0]
-    return None
+    answers = [found[0] for found in (_candidates(t, kind, options, after_trigger=True) for t in tails) if found]
+    if not answers:
+        return None
+    # A text cut off inside a repeated answer ("The answer is 120. The answer is 12") keeps the whole one
+    if kind == "number" and len(answers) > 1 and text.rstrip()[-1:].isdigit() and answers[1].startswith(answers[0]):
+        return answers[1]
+    return answers[0]
 
 
 def _candidates(text: str, kind: AnswerKind, options: Options | None, after_trigger: bool) -> list[str]:

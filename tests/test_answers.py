@@ -106,6 +106,11 @@ def test_choice_extraction(text, expected):
     assert extract_answer(text, "choice") == expected
 
 
+def test_a_text_cut_off_inside_a_repeated_answer_keeps_the_whole_one():
+    assert extract_answer("The answer is 120.\n\nThe answer is 120.\n\nThe answer is 12", "number") == "120"
+    assert extract_answer("The answer is 120.\n\nThe answer is 12.", "number") == "12"  # not cut off
+
+
 def test_a_given_letter_beats_an_option_text():
     assert extract_answer("The answer is that plates go in the (E).", "choice", {**OPTIONS, "A": "go"}) == "E"
 

@@ -43,6 +43,7 @@ ARTICLE_RE = re.compile(r"[AI]\s+(?!(?:or|and|nor|to|through|is|was|would|seems?
 # lower-case one only standing alone ("the answer is a bit ..." is the article)
 FIRST_LETTER_RE = re.compile(r"[^\w(]{0,3}?(?:(?:option|choice|letter)\s*)?\(?(?:([A-Z])|([a-z])(?=\)|\s*(?:[.,;:!\n]|$)))"
                              r"(?![\w'’\-]|\.\w)")
+VARIABLE_BEFORE_RE = re.compile(r"[A-Za-z]\s*[-+*/=]\s*$")
 YESNO_RE = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
 OPTIONS_RE = re.compile(r"\(([A-Z])\)\s*(.*?)\s*(?=\([A-Z]\)|$)", re.DOTALL)
 
@@ -116,7 +117,8 @@ def _numbers(text: str, first_only: bool) -> list[str]:
             # "the answer is 12 + 3 = 15": the result of the equation, not its first number
             chain = CHAIN_RE.search(text, max(0, m.start() - 8))
             # only a computation of numbers: "x - 10 = 50" is an equation still to solve
-            if chain is not None and chain.start() <= m.start() < chain.end() and not re.search(r"[A-Za-z]\s*[-+*/=]\s*$", text[:chain.start()]):
+            if (chain is not None and chain.start() <= m.start() < chain.end()
+                    and not VARIABLE_BEFORE_RE.search(text[:chain.start()])):
                 result = chain.group(0).rsplit("=", 1)[1].strip()
                 value = parse_value(result)
                 value = evaluate(result, percent_of_hundred=False) if value is None else value

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import paths, synthetic
-from .answers import ANSWER_KINDS, AnswerKind, is_correct, normalize_answer
+from .answers import ANSWER_KINDS, AnswerKind, is_correct, normalize_answer, question_options
 
 SPLITS = ("train", "test")
 
@@ -197,10 +197,15 @@ def _read_multiarith(root: Path) -> list[Example]:
 def _read_svamp(root: Path) -> list[Example]:
     rows = json.loads(_require(root / "svamp" / "SVAMP.json").read_text())
     return [
-        Example(f"svamp-{i}", f"{r['Body'].strip()} {r['Question'].strip()}", gold_answer(r["Answer"], "number", f"svamp-{i}"),
+        Example(f"svamp-{i}", f"{r['Body'].strip()} {r['Question'].strip()}",
+                gold_answer(r["Answer"], "number", f"svamp-{i}"),
                 _equation_rationale(r["Equation"], r["Answer"]))
         for i, r in enumerate(rows)
     ]
+
+
+def _labelled(choices: list[dict]) -> dict[str, str]:
+    return {c["label"]: c["text"] for c in choices}
 
 
 def csqa_question(stem: str, choices: list[dict]) -> str:
@@ -211,7 +216,7 @@ def _read_csqa(root: Path) -> list[Example]:
     rows = read_jsonl(root / "csqa" / "train_rand_split.jsonl") + read_jsonl(root / "csqa" / "dev_rand_split.jsonl")
     return [
         Example(f"csqa-{i}", csqa_question(r["question"]["stem"], r["question"]["choices"]),
-                gold_answer(r["answerKey"], "choice", f"csqa-{i}", {c["label"]: c["text"] for c in r["question"]["choices"]}))
+                gold_answer(r["answerKey"], "choice", f"csqa-{i}", _labelled(r["question"]["choices"])))
         for i, r in enumerate(rows)
     ]
 
@@ -261,13 +266,10 @@ def parse_user_task(name: str) -> tuple[Path, AnswerKind]:
 def _numbered_rows(path: Path) -> list[tuple[int, object]]:
     """(line number, value) of each row of a JSONL file or of a JSON array file."""
     text = _require(path).read_text(encoding="utf-8")
-    if path.suffix.lower() != ".json" and not text.lstrip().startswith("["):
+    if not text.lstrip().startswith("["):
         return [(lineno, row) for lineno, row in enumerate(_jsonl_values(path, text), 1) if row is not _BLANK]
     decoder, rows = json.JSONDecoder(), []
-    pos = len(text) - len(text.lstrip())
-    if not text.startswith("[", pos):
-        raise ValueError(f"{path}:1: a .json file must hold one JSON array of examples, [{{...}}, {{...}}]")
-    pos += 1
+    pos = len(text) - len(text.lstrip()) + 1
     while True:
         pos = _skip(text, pos)
         if text.startswith("]", pos):
@@ -301,7 +303,7 @@ def _jsonl_values(path: Path, text: str):
         try:
             yield json.loads(line)
         except json.JSONDecodeError as e:
-            hint = " (a .json file must hold one JSON array)" if lineno == 1 and line.strip() == "[" else ""
+            hint = " (a .json file holds one JSON array of examples, or one example a line)" if path.suffix == ".json" else ""
             raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg}){hint}") from None
 
 
@@ -327,7 +329,7 @@ def _user_split(row: dict, index: int, where: str, path: Path, values: set) -> s
     mapped = USER_SPLITS.get(str(raw).strip().lower())
     if mapped is None:
         raise ValueError(f"{where}: split {raw!r} is not one of {', '.join(USER_SPLITS)} (any case); "
-                         f"split values in {path}: {sorted(map(str, values))}")
+                         f"split values in {path}: {sorted(values)}")
     return mapped
 
 
@@ -338,7 +340,7 @@ def _load_user_jsonl(spec: Task, split: str) -> list[Example]:
     rows = _numbered_rows(path)
     if not rows:
         raise ValueError(f"{path}: no examples; each line needs {{\"question\": ..., \"answer\": ...}}")
-    values = {r.get("split") for _, r in rows if isinstance(r, dict) and r.get("split") not in (None, "")}
+    values = {str(r["split"]) for _, r in rows if isinstance(r, dict) and r.get("split") not in (None, "")}
     out, seen = [], {}
     for index, (lineno, row) in enumerate(rows):
         where = f"{path}:{lineno}"
@@ -347,7 +349,9 @@ def _load_user_jsonl(spec: Task, split: str) -> list[Example]:
         missing = [k for k in ("question", "answer") if k not in row]
         if missing:
             raise ValueError(f"{where}: missing key(s) {missing}; each line needs 'question' and 'answer'")
-        options = _user_options(row.get("options"), where, kind)
+        # options in a field, or already in the question as the built-in tasks show them
+        options = _user_options(row.get("options"), where, kind) or (
+            question_options(str(row["question"])) if kind == "choice" else None)
         answer = gold_answer(row["answer"], kind, where, options)
         example_id = str(row.get("id", f"{path.stem}-{lineno}"))
         if example_id in seen:
@@ -360,7 +364,7 @@ def _load_user_jsonl(spec: Task, split: str) -> list[Example]:
                 question = csqa_question(question, [{"label": k, "text": v} for k, v in options.items()])
             out.append(Example(example_id, question, answer, row.get("rationale")))
     if not out:
-        found = f"split values found: {sorted(map(str, values))}" if values else "no `split` field, so 80/20 by order"
+        found = f"split values found: {sorted(values)}" if values else "no `split` field, so 80/20 by order"
         raise ValueError(f"{path}: no {split!r} examples ({found}); give some rows \"split\": \"{split}\"")
     return out
 
@@ -393,7 +397,7 @@ def _load_hub(spec: Task, split: str) -> list[Example]:
         elif spec.name == "csqa":
             choices = [{"label": l, "text": t} for l, t in zip(r["choices"]["label"], r["choices"]["text"])]
             ex = Example(f"csqa-{split}-{i}", csqa_question(r["question"], choices),
-                         gold_answer(r["answerKey"], "choice", f"csqa-{split}-{i}", {c["label"]: c["text"] for c in choices}))
+                         gold_answer(r["answerKey"], "choice", f"csqa-{split}-{i}", _labelled(choices)))
         elif spec.name == "strategyqa":
             ex = Example(f"strategyqa-{split}-{i}", r["question"], "yes" if r["answer"] else "no",
                          " ".join(r.get("facts") or []) or None)

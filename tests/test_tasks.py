@@ -102,6 +102,9 @@ def test_options_are_rendered_like_the_built_in_choice_tasks(tmp_path, data_dir)
     train = load_examples(f"jsonl:{path}:choice", "train")
     assert {e.answer for e in train} == {"B"}
     assert train[0].question == "Where do plates go 0? Answer Choices: (A) table (B) cupboard (C) oven"
+    inline = _write(tmp_path / "inline.jsonl", [{"question": "Where? Answer Choices: (A) table (B) cupboard",
+                                                  "answer": "cupboard", "split": s} for s in ("train", "test")])
+    assert load_examples(f"jsonl:{inline}:choice", "test")[0].answer == "B"
     builtin = load_examples("csqa", "test", data_dir)[0].question
     assert re.search(r"\? Answer Choices: \(A\) \S+", builtin)  # the same form
 

@@ -265,7 +265,10 @@ def parse_user_task(name: str) -> tuple[Path, AnswerKind]:
 
 def _numbered_rows(path: Path) -> list[tuple[int, object]]:
     """(line number, value) of each row of a JSONL file or of a JSON array file."""
-    text = _require(path).read_text(encoding="utf-8")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; jsonl:PATH names your JSONL or JSON file "
+                                f"(relative to {Path.cwd()}, or absolute)")
+    text = path.read_text(encoding="utf-8")
     if not text.lstrip().startswith("["):
         return [(lineno, row) for lineno, row in enumerate(_jsonl_values(path, text), 1) if row is not _BLANK]
     decoder, rows = json.JSONDecoder(), []

@@ -9,23 +9,29 @@ import sys
 from pathlib import Path
 
 from . import paths
-from .tasks import TASKS, load_examples, split_sizes
+from .tasks import TASKS, get_task, load_examples, split_sizes, task_slug
 
 FALLBACK_TASK = "synthetic"
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    print(f"{'task':<12}{'answer':<8}{'train':>7}{'test':>7}  description")
-    for name, spec in TASKS.items():
+    names = args.task or list(TASKS)
+    w = max(12, *(len(n) + 2 for n in names))
+    lines = [f"{'task':<{w}}{'answer':<8}{'train':>7}{'test':>7}  description"]
+    for name in names:
+        spec = get_task(name) if name != "jsonl" else TASKS[name]
         if name == "jsonl":
-            print(f"{'jsonl:PATH':<12}{'any':<8}{'':>7}{'':>7}  {spec.description}")
+            lines.append(f"{'jsonl:PATH':<{w}}{'any':<8}{'':>7}{'':>7}  {spec.description}")
             continue
         try:
             sizes = split_sizes(name, args.data_dir)
             train, test = str(sizes["train"]), str(sizes["test"])
         except (FileNotFoundError, RuntimeError):
+            if args.task:  # asked for by name: say why there are no sizes
+                raise
             train, test = "-", "-"
-        print(f"{name:<12}{spec.answer_kind:<8}{train:>7}{test:>7}  {spec.description}")
+        lines.append(f"{name:<{w}}{spec.answer_kind:<8}{train:>7}{test:>7}  {spec.description}")
+    print("\n".join(lines))
 
 
 def reachable_task(task: str, data_dir: str | None) -> str:
@@ -58,7 +64,7 @@ def cmd_exam(args: argparse.Namespace) -> None:
         model, tokenizer = load_student(args.student, load_in_4bit=args.load_in_4bit)
     result = run_exam(model, tokenizer, examples, task, cfg, chat=not args.plain, num_demos=args.demos)
     if args.out:
-        save_exam(result, args.out, f"exam-{task}-{args.split}")
+        save_exam(result, args.out, f"exam-{task_slug(task)}-{args.split}")
     s = result.summary()
     print(f"{task} {args.split}: accuracy {s['accuracy']:.1%} ({s['questions'] - s['mistakes']}/{s['questions']}), "
           f"{s['tokens_per_s']:.1f} tokens/s ({s['generated_tokens']} tokens in {s['seconds']:.1f} s)")
@@ -148,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=fmt)
 
     t = command("tasks", "list the tasks with their split sizes")
+    t.add_argument("--task", action="append", default=None,
+                   help="only this task (repeatable), e.g. jsonl:my_data.jsonl:choice to check your own file")
     t.set_defaults(func=cmd_tasks)
 
     e = command("exam", "the student answers a split; prints accuracy and tokens/s")

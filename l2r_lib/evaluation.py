@@ -7,34 +7,27 @@ of every run without running a model.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import arithmetic
 from .config import METHODS
 from .records import ExamRecord, load_jsonl
 from .tasks import get_task
 
-ERROR_TYPES = ("no answer", "wrong arithmetic step", "wrong operation/plan", "wrong choice")
-_CLAIM_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/x×÷])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
-_OPS = {"+": float.__add__, "-": float.__sub__, "*": float.__mul__, "x": float.__mul__, "×": float.__mul__,
-        "/": float.__truediv__, "÷": float.__truediv__}
+# What each error type measured: no answer found; a false "a op b = c" step found by the
+# arithmetic checker; a wrong number with every checked step true (a wrong plan, or reasoning
+# the checker cannot read); a wrong option or yes/no.
+ERROR_TYPES = ("no answer", "false arithmetic step", "wrong answer, no false step found", "wrong choice")
 
 
 def first_false_claim(rationale: str) -> str | None:
-    """The first ``a op b = c`` in ``rationale`` whose arithmetic is wrong, or None."""
-    for m in _CLAIM_RE.finditer(rationale.replace(",", "")):
-        a, op, b, c = float(m.group(1)), m.group(2), float(m.group(3)), float(m.group(4))
-        try:
-            value = _OPS[op](a, b)
-        except ZeroDivisionError:
-            return m.group(0)
-        if abs(value - c) > 1e-4 * max(1.0, abs(value)):
-            return m.group(0)
-    return None
+    """The first false ``a op b = c`` step in ``rationale`` (``arithmetic.first_false_claim``), or None."""
+    claim = arithmetic.first_false_claim(rationale)
+    return claim.text if claim else None
 
 
 def error_type(record: ExamRecord, task: str, sample: int = 0) -> str | None:
@@ -46,14 +39,14 @@ def error_type(record: ExamRecord, task: str, sample: int = 0) -> str | None:
     if get_task(task).answer_kind != "number":
         return "wrong choice"
     if first_false_claim(record.rationales[sample]):
-        return "wrong arithmetic step"
-    return "wrong operation/plan"
+        return "false arithmetic step"
+    return "wrong answer, no false step found"
 
 
 def error_table(records: list[ExamRecord], task: str) -> pd.DataFrame:
     counts = Counter(t for t in (error_type(r, task) for r in records) if t)
     total = max(len(records), 1)
-    # numeric tasks can go wrong in arithmetic or plan; choice and yes/no tasks only in the choice
+    # numeric tasks can go wrong in a step or elsewhere; choice and yes/no tasks only in the choice
     kinds = ERROR_TYPES[:3] if get_task(task).answer_kind == "number" else ("no answer", "wrong choice")
     rows = [{"error type": t, "questions": counts.get(t, 0), "share of all": counts.get(t, 0) / total} for t in kinds]
     return pd.DataFrame(rows)

@@ -19,7 +19,7 @@ from tqdm import tqdm  # text bars: the same in a terminal, a notebook and paper
 from transformers import (DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
                           StoppingCriteriaList)
 
-from .answers import extract_answer
+from .answers import extract_answer, question_options
 from .config import ExamConfig
 from .prompts import ANSWER_PREFIX, build_prompt, demos_for, split_completion
 from .records import ExamRecord, save_jsonl
@@ -171,7 +171,7 @@ def run_exam(
         total_tokens += n
         for i, texts in zip(idx, completions):
             ex = examples[i]
-            answers = [extract_answer(t, kind) for t in texts]
+            answers = [extract_answer(t, kind, question_options(ex.question)) for t in texts]
             records[i] = ExamRecord(
                 id=ex.id, question=ex.question, gold=ex.answer, prompt=prompts[i],
                 rationales=[split_completion(t) for t in texts], answers=answers,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import paths, synthetic
-from .answers import AnswerKind, is_correct, normalize_answer
+from .answers import ANSWER_KINDS, AnswerKind, is_correct, normalize_answer, question_options
 
 SPLITS = ("train", "test")
 
@@ -60,7 +60,7 @@ TASKS: dict[str, Task] = {
 def get_task(name: str) -> Task:
     """The task for ``name``; ``jsonl:PATH[:KIND]`` makes a task from a user's JSONL file."""
     if name.startswith("jsonl:"):
-        _, path, kind = _parse_jsonl_name(name)
+        path, kind = parse_user_task(name)
         return Task(name, kind, None, f"user data from {path}")
     if name not in TASKS or name == "jsonl":
         close = difflib.get_close_matches(name, [n for n in TASKS if n != "jsonl"], n=1)
@@ -92,6 +92,14 @@ def split_sizes(task: str, data_dir: str | Path | None = None) -> dict[str, int]
     return {s: len(load_examples(task, s, data_dir)) for s in SPLITS}
 
 
+def task_slug(name: str) -> str:
+    """A file-name-safe name of a task: "jsonl:~/data/aqua.jsonl:choice" -> "jsonl-aqua-choice"."""
+    if name.startswith("jsonl:"):
+        path, kind = parse_user_task(name)
+        name = f"jsonl-{path.stem}" + (f"-{kind}" if name.endswith(f":{kind}") else "")
+    return re.sub(r"[^\w.-]+", "-", name).strip("-.") or "task"
+
+
 # --- local readers (formats of ../shared/data) --------------------------------------------
 
 def _require(path: Path) -> Path:
@@ -116,6 +124,26 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def _num(x: float) -> str:
     return normalize_answer(x, "number")
+
+
+def gold_answer(value, kind: AnswerKind, where: str, options: dict[str, str] | None = None) -> str:
+    """The canonical gold answer; one that cannot be read is an error naming the example."""
+    answer = normalize_answer(value, kind, options)
+    if answer is None:
+        raise ValueError(f"{where}: gold answer {value!r} is not a {kind} answer{_kind_hint(value, kind, options)}")
+    return answer
+
+
+def _kind_hint(value, kind: AnswerKind, options: dict[str, str] | None) -> str:
+    """What to change when an answer does not fit the task's answer kind."""
+    for other in ("yesno", "choice"):
+        if kind != other and normalize_answer(value, other) is not None and not (other == "choice" and kind == "yesno"):
+            return f"; if the answers are {other} answers, add `:{other}` to the task name (jsonl:PATH:{other})"
+    if kind == "choice" and not options:
+        return "; give the option's letter, or the options in an `options` field so the answer can be their text"
+    if kind == "choice":
+        return f"; expected one of the letters {', '.join(options)} or one option's text"
+    return ""
 
 
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -149,7 +177,7 @@ def _equation_rationale(equation: str, answer: float) -> str:
 def _gsm8k_example(i: int, row: dict) -> Example:
     solution, _, final = row["answer"].rpartition("####")
     rationale = re.sub(r"<<[^>]*>>", "", solution).strip()
-    return Example(f"gsm8k-{i}", row["question"].strip(), _num(final.strip()), rationale)
+    return Example(f"gsm8k-{i}", row["question"].strip(), gold_answer(final.strip(), "number", f"gsm8k-{i}"), rationale)
 
 
 def _read_gsm8k(root: Path) -> list[Example]:
@@ -160,7 +188,7 @@ def _read_gsm8k(root: Path) -> list[Example]:
 def _read_multiarith(root: Path) -> list[Example]:
     rows = json.loads(_require(root / "multiarith" / "MultiArith.json").read_text())
     return [
-        Example(f"multiarith-{i}", r["sQuestion"].strip(), _num(r["lSolutions"][0]),
+        Example(f"multiarith-{i}", r["sQuestion"].strip(), gold_answer(r["lSolutions"][0], "number", f"multiarith-{i}"),
                 _equation_rationale(r["lEquations"][0], r["lSolutions"][0]))
         for i, r in enumerate(rows)
     ]
@@ -169,10 +197,15 @@ def _read_multiarith(root: Path) -> list[Example]:
 def _read_svamp(root: Path) -> list[Example]:
     rows = json.loads(_require(root / "svamp" / "SVAMP.json").read_text())
     return [
-        Example(f"svamp-{i}", f"{r['Body'].strip()} {r['Question'].strip()}", _num(r["Answer"]),
+        Example(f"svamp-{i}", f"{r['Body'].strip()} {r['Question'].strip()}",
+                gold_answer(r["Answer"], "number", f"svamp-{i}"),
                 _equation_rationale(r["Equation"], r["Answer"]))
         for i, r in enumerate(rows)
     ]
+
+
+def _labelled(choices: list[dict]) -> dict[str, str]:
+    return {c["label"]: c["text"] for c in choices}
 
 
 def csqa_question(stem: str, choices: list[dict]) -> str:
@@ -182,7 +215,8 @@ def csqa_question(stem: str, choices: list[dict]) -> str:
 def _read_csqa(root: Path) -> list[Example]:
     rows = read_jsonl(root / "csqa" / "train_rand_split.jsonl") + read_jsonl(root / "csqa" / "dev_rand_split.jsonl")
     return [
-        Example(f"csqa-{i}", csqa_question(r["question"]["stem"], r["question"]["choices"]), r["answerKey"])
+        Example(f"csqa-{i}", csqa_question(r["question"]["stem"], r["question"]["choices"]),
+                gold_answer(r["answerKey"], "choice", f"csqa-{i}", _labelled(r["question"]["choices"])))
         for i, r in enumerate(rows)
     ]
 
@@ -209,28 +243,132 @@ LOCAL_READERS: dict[str, Callable[[Path], list[Example]]] = {
 
 # --- user data and the Hub -----------------------------------------------------------------
 
-def _parse_jsonl_name(name: str) -> tuple[str, str, AnswerKind]:
-    parts = name.split(":")
-    kind = parts[-1] if len(parts) > 2 and parts[-1] in ("number", "choice", "yesno") else "number"
-    path = ":".join(parts[1:-1] if len(parts) > 2 and parts[-1] == kind else parts[1:])
-    return "jsonl", path, kind  # type: ignore[return-value]
+USER_SPLITS = {"train": "train", "test": "test", "dev": "test", "validation": "test", "val": "test"}
+
+
+def parse_user_task(name: str) -> tuple[Path, AnswerKind]:
+    """(path, answer kind) of ``jsonl:PATH[:KIND]``; ``~`` expands, the kind defaults to number."""
+    rest = name.removeprefix("jsonl:")
+    path, _, last = rest.rpartition(":")
+    if path and last in ANSWER_KINDS:
+        kind = last
+    elif path and re.fullmatch(r"[A-Za-z_-]{1,12}", last):
+        raise ValueError(f"task {name!r}: unknown answer kind {last!r}; the kind is one of "
+                         f"{', '.join(ANSWER_KINDS)}, e.g. jsonl:{path}:choice for multiple choice")
+    else:
+        path, kind = rest, "number"
+    if not path.strip():
+        raise ValueError(f"task {name!r} names no file; write jsonl:PATH[:{'|'.join(ANSWER_KINDS)}], "
+                         f"e.g. jsonl:my_data.jsonl or jsonl:my_data.jsonl:choice")
+    return Path(path).expanduser(), kind  # type: ignore[return-value]
+
+
+def _numbered_rows(path: Path) -> list[tuple[int, object]]:
+    """(line number, value) of each row of a JSONL file or of a JSON array file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; jsonl:PATH names your JSONL or JSON file "
+                                f"(relative to {Path.cwd()}, or absolute)")
+    text = path.read_text(encoding="utf-8")
+    if not text.lstrip().startswith("["):
+        return [(lineno, row) for lineno, row in enumerate(_jsonl_values(path, text), 1) if row is not _BLANK]
+    decoder, rows = json.JSONDecoder(), []
+    pos = len(text) - len(text.lstrip()) + 1
+    while True:
+        pos = _skip(text, pos)
+        if text.startswith("]", pos):
+            return rows
+        try:
+            row, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        rows.append((text.count("\n", 0, pos) + 1, row))
+        pos = _skip(text, end)
+        if text.startswith(",", pos):
+            pos += 1
+        elif not text.startswith("]", pos):
+            raise ValueError(f"{path}:{text.count(chr(10), 0, pos) + 1}: malformed JSON (expected ',' or ']')")
+
+
+_BLANK = object()
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _jsonl_values(path: Path, text: str):
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            yield _BLANK
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " (a .json file holds one JSON array of examples, or one example a line)" if path.suffix == ".json" else ""
+            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg}){hint}") from None
+
+
+def _user_options(raw, where: str, kind: AnswerKind) -> dict[str, str] | None:
+    """An ``options`` field as letter -> text: a list is lettered A, B, ...; a mapping keeps its letters."""
+    if raw is None:
+        return None
+    if kind != "choice":
+        raise ValueError(f"{where}: the example has `options` but the task's answers are {kind}; "
+                         f"add `:choice` to the task name (jsonl:PATH:choice)")
+    if isinstance(raw, list) and raw and all(isinstance(o, (str, int, float)) for o in raw) and len(raw) <= 26:
+        return {chr(ord("A") + i): str(o) for i, o in enumerate(raw)}
+    if isinstance(raw, dict) and raw and all(re.fullmatch(r"[A-Za-z]", str(k)) for k in raw):
+        return {str(k).upper(): str(v) for k, v in raw.items()}
+    raise ValueError(f"{where}: `options` must be a list of option texts [\"shelf\", \"cupboard\"] or a "
+                     f"mapping of letters to texts {{\"A\": \"shelf\", \"B\": \"cupboard\"}}; got {raw!r}")
+
+
+def _user_split(row: dict, index: int, where: str, path: Path, values: set) -> str:
+    raw = row.get("split")
+    if raw is None or raw == "":
+        return "train" if index % 5 != 4 else "test"  # no split field: 80/20 by order
+    mapped = USER_SPLITS.get(str(raw).strip().lower())
+    if mapped is None:
+        raise ValueError(f"{where}: split {raw!r} is not one of {', '.join(USER_SPLITS)} (any case); "
+                         f"split values in {path}: {sorted(values)}")
+    return mapped
 
 
 def _load_user_jsonl(spec: Task, split: str) -> list[Example]:
-    """``{question, answer, rationale?, id?, split?}`` per line; no ``split``: 80/20 by order."""
-    _, path, kind = _parse_jsonl_name(spec.name)
-    rows = read_jsonl(path)
-    out = []
-    for lineno, row in enumerate(rows, 1):
+    """``{question, answer, rationale?, id?, split?, options?}`` per row of a JSONL (or JSON array)
+    file; no ``split``: 80/20 by order. Every problem is an error naming file:line and the fix."""
+    path, kind = parse_user_task(spec.name)
+    rows = _numbered_rows(path)
+    if not rows:
+        raise ValueError(f"{path}: no examples; each line needs {{\"question\": ..., \"answer\": ...}}")
+    values = {str(r["split"]) for _, r in rows if isinstance(r, dict) and r.get("split") not in (None, "")}
+    out, seen = [], {}
+    for index, (lineno, row) in enumerate(rows):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: each example must be a JSON object {{\"question\": ..., \"answer\": ...}}")
         missing = [k for k in ("question", "answer") if k not in row]
         if missing:
-            raise ValueError(f"{path}:{lineno}: missing key(s) {missing}; each line needs 'question' and 'answer'")
-        answer = normalize_answer(row["answer"], kind)
-        if answer is None:
-            raise ValueError(f"{path}:{lineno}: answer {row['answer']!r} is not a valid {kind} answer")
-        row_split = row.get("split") or ("train" if (lineno - 1) % 5 != 4 else "test")
-        if row_split == split:
-            out.append(Example(str(row.get("id", f"{Path(path).stem}-{lineno}")), row["question"], answer, row.get("rationale")))
+            raise ValueError(f"{where}: missing key(s) {missing}; each line needs 'question' and 'answer'")
+        # options in a field, or already in the question as the built-in tasks show them
+        options = _user_options(row.get("options"), where, kind) or (
+            question_options(str(row["question"])) if kind == "choice" else None)
+        answer = gold_answer(row["answer"], kind, where, options)
+        example_id = str(row.get("id", f"{path.stem}-{lineno}"))
+        if example_id in seen:
+            raise ValueError(f"{where}: id {example_id!r} is also the id of line {seen[example_id]}; ids must be unique "
+                             f"(every later stage keys on them): rename one, or drop the `id` fields")
+        seen[example_id] = lineno
+        if _user_split(row, index, where, path, values) == split:
+            question = str(row["question"]).strip()
+            if options and "Answer Choices:" not in question:
+                question = csqa_question(question, [{"label": k, "text": v} for k, v in options.items()])
+            out.append(Example(example_id, question, answer, row.get("rationale")))
+    if not out:
+        found = f"split values found: {sorted(values)}" if values else "no `split` field, so 80/20 by order"
+        raise ValueError(f"{path}: no {split!r} examples ({found}); give some rows \"split\": \"{split}\"")
     return out
 
 
@@ -261,13 +399,14 @@ def _load_hub(spec: Task, split: str) -> list[Example]:
             ex = _gsm8k_example(i, r)
         elif spec.name == "csqa":
             choices = [{"label": l, "text": t} for l, t in zip(r["choices"]["label"], r["choices"]["text"])]
-            ex = Example(f"csqa-{split}-{i}", csqa_question(r["question"], choices), r["answerKey"])
+            ex = Example(f"csqa-{split}-{i}", csqa_question(r["question"], choices),
+                         gold_answer(r["answerKey"], "choice", f"csqa-{split}-{i}", _labelled(choices)))
         elif spec.name == "strategyqa":
             ex = Example(f"strategyqa-{split}-{i}", r["question"], "yes" if r["answer"] else "no",
                          " ".join(r.get("facts") or []) or None)
         else:
             q = r.get("question") or f"{r.get('Body', '')} {r.get('Question', '')}".strip()
             ans = r.get("final_ans", r.get("Answer"))
-            ex = Example(f"{spec.name}-{split}-{i}", q, _num(float(ans)), None)
+            ex = Example(f"{spec.name}-{split}-{i}", q, gold_answer(ans, "number", f"{spec.name}-{split}-{i}"), None)
         out.append(ex)
     return out

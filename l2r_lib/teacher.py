@@ -25,13 +25,10 @@ the text. The kinds:
 
 from __future__ import annotations
 
-import ast
-import math
-import operator
-import re
 from pathlib import Path
 
 from . import paths
+from .arithmetic import first_false_claim
 from .config import TeacherConfig
 from .records import ExamRecord, TeacherRecord
 from .tasks import Example, get_task, read_jsonl
@@ -180,39 +177,10 @@ class ReferenceTeacher(Teacher):
 
 # --- finding the first false step -----------------------------------------------------------
 
-NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
-CLAIM_RE = re.compile(rf"((?:\(\s*)*{NUM}(?:\s*\)*\s*[-+*/x×÷]\s*\(*\s*{NUM})+\s*\)*)\s*=\s*({NUM})")
-OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def _evaluate(expr: str) -> float | None:
-    """Value of an arithmetic expression of numbers, + - * / and parentheses; None if not one."""
-    text = re.sub(r"[$,]", "", expr).replace("×", "*").replace("x", "*").replace("÷", "/")
-    text = text.lstrip("(") if text.count("(") > text.count(")") else text
-    text = text.rstrip(")") if text.count(")") > text.count("(") else text
-
-    def ev(node: ast.AST) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return float(node.value)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in OPS:
-            return OPS[type(node.op)](ev(node.left), ev(node.right))
-        raise ValueError(f"not arithmetic: {ast.dump(node)}")
-
-    try:
-        return ev(ast.parse(text.strip(), mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError):
-        return None
-
-
 def first_wrong_step(rationale: str) -> tuple[str, float] | None:
-    """The first ``a op b = c`` claim whose left side is not ``c``, with its true value."""
-    for m in CLAIM_RE.finditer(rationale):
-        value, claimed = _evaluate(m.group(1)), _evaluate(m.group(2))
-        if value is not None and claimed is not None and not math.isclose(value, claimed, rel_tol=1e-4, abs_tol=1e-6):
-            return m.group(0).strip(), value
-    return None
+    """The first false ``a op b = c`` step (``arithmetic.first_false_claim``) with its true value."""
+    claim = first_false_claim(rationale)
+    return (claim.text, claim.value) if claim else None
 
 
 def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:

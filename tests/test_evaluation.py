@@ -47,7 +47,8 @@ def test_interval_table_pairs_methods_on_the_same_questions(tmp_path):
 
 
 def test_error_types():
-    assert error_type(_record(0, False, "2 + 2 = 5."), "multiarith") == "wrong arithmetic step"
+    assert error_type(_record(0, False, "2 + 2 = 5."), "multiarith") == "false arithmetic step"
+    assert error_type(_record(0, False, "3 + 4 + 5 = 12."), "multiarith") == "wrong answer, no false step found"
     assert error_type(ExamRecord("q", "Q?", "4", "p", ["I think"], [None], [False]), "multiarith") == "no answer"
     assert error_type(_record(0, True), "multiarith") is None
 

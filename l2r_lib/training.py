@@ -429,10 +429,10 @@ def _truncate_losses(path: Path, last_step: int) -> None:
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why Trainer could not resume from ``checkpoint`` (a file it needs missing or not loading), or None."""
     import safetensors.torch
+    from transformers.trainer_pt_utils import safe_globals
 
     weights = next((n for n in ("adapter_model.safetensors", "adapter_model.bin") if (checkpoint / n).is_file()),
                    "adapter_model.safetensors")
-    from transformers.trainer_pt_utils import safe_globals
 
     def load_torch(path: Path) -> None:
         with safe_globals():  # as Trainer loads them (numpy arrays in rng_state allowed)

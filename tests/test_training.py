@@ -251,30 +251,31 @@ def reflection_trainer(tmp_path, feats, cfg, model):
 
 
 def test_gradient_reaches_the_positive_and_negative_views(tmp_path, tokenizer):
-    """With ``reflection_grad: all`` (the default) the views' representations carry gradient to the
-    LoRA weights; with ``anchor`` they are constants."""
+    """The triplet term's gradient through the positive view alone, and through the negative view
+    alone (the other two held constant), reaches every LoRA weight with ``reflection_grad: all``
+    (the default); with ``anchor`` neither view carries any gradient."""
+    from l2r_lib.reflection import triplet_loss
+
     assert TrainConfig().reflection_grad == "all" and TrainConfig().representation == "eos"
     model = tiny_lora()
     feats, batch = cache_batch(tokenizer)
-    grads = {}
+    rows = batch["triplet_rows"]
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], use_cache=True, output_hidden_states=True)
+        anchor = REPRESENTATIONS["eos"](out.hidden_states[-1][rows], batch["anchor_span"][rows])
+    lora = [p for n, p in model.named_parameters() if "lora" in n]
     for mode in ("all", "anchor"):
-        cfg = TrainConfig(batch_size=4, lora_dropout=0.0, reflection_grad=mode)
-        trainer = reflection_trainer(tmp_path, feats, cfg, model)
-        model.zero_grad()
-        with torch.no_grad():
-            cache = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          position_ids=batch["position_ids"], use_cache=True).cache
-        views = trainer.view_representations(model, batch, cache)  # (2K, H): positives then negatives
-        assert views.shape[0] == 2 * len(batch["triplet_rows"])
-        if mode == "anchor":
-            assert not views.requires_grad
-            continue
-        positive, negative = views.chunk(2)
-        for name, view in (("positive", positive), ("negative", negative)):
-            model.zero_grad()
-            view.sum().backward(retain_graph=True)
-            grads[name] = [p.grad.abs().sum().item() for n, p in model.named_parameters() if "lora" in n and p.grad is not None]
-            assert grads[name] and all(g > 0 for g in grads[name]), (name, grads[name])
+        trainer = reflection_trainer(tmp_path, feats, TrainConfig(batch_size=4, lora_dropout=0.0, reflection_grad=mode), model)
+        positive, negative = trainer.view_representations(model, batch, out.cache).chunk(2)  # (K, H) each
+        assert positive.shape == negative.shape == anchor.shape
+        for name, (pos, neg) in {"positive": (positive, negative.detach()), "negative": (positive.detach(), negative)}.items():
+            loss = triplet_loss(anchor, pos, neg, torch.ones_like(rows, dtype=torch.bool), margin=2.0)  # every row active
+            if mode == "anchor":
+                assert not loss.requires_grad, name  # nothing to back-propagate through the views
+                continue
+            grads = torch.autograd.grad(loss, lora, retain_graph=True)
+            assert all(g.abs().sum() > 0 for g in grads), name
 
 
 # --- training -----------------------------------------------------------------------------------

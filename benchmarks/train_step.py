@@ -4,15 +4,21 @@ SmolLM2-135M-Instruct with LoRA (fp32 on the CPU; bf16 on a GPU when there is on
 4 MultiArith questions in the chat prompt (~90 tokens) with recorded text-davinci-002 rationales
 (~70 tokens): the anchor is a correct recorded rationale, the positive the same question's gold
 equation rationale, the negative a wrong recorded rationale (of another question: only the
-lengths matter here). Steps of the two kinds alternate, so load on the machine hits both alike.
-The last line is ``ratio: X.XX``, (MLE + reflection) / MLE seconds per step, the worst device.
+lengths matter here); every view ends with the appended eos (the default ``representation: eos``).
+Self-reflection is timed with gradient through all three views (``reflection_grad: all``, the
+default and the official code) and through the anchor only (a departure). Steps of the three
+kinds alternate, so load on the machine hits them alike; the untimed warm-up step of each kind
+counts its FLOPs (``torch.utils.flop_counter``), a figure that load on a shared machine cannot
+move. The last line is ``ratio all/MLE: X.XX``, (MLE + reflection with ``all``) / MLE seconds per
+step, the worst device.
 
-    python benchmarks/train_step.py [--steps 4] [--threads N]
+    python benchmarks/train_step.py [--steps 3] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -21,13 +27,15 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from l2r_lib import paths
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import ExamRecord, TeacherRecord
 from l2r_lib.tasks import load_examples
 from l2r_lib.training import (
-    QuestionBatchSampler, ReflectionCollator, ReflectionTrainer, build_features, build_student, training_arguments,
+    QuestionBatchSampler, ReflectionCollator, ReflectionDataset, ReflectionTrainer, build_features, build_student,
+    training_arguments,
 )
 
 BATCH = 4  # distinct questions per batch
@@ -51,36 +59,41 @@ def recorded_batch(data_dir: Path) -> tuple[list[TeacherRecord], list[ExamRecord
 
 MODES = {  # label: (use_reflection, reflection_grad)
     "MLE only": (False, "all"),
-    "MLE + self-reflection": (True, "all"),
+    "MLE + refl. (grad all)": (True, "all"),
     "MLE + refl. (grad anchor)": (True, "anchor"),
 }
 
 
-def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> dict[str, list[float]]:
+def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """(seconds of each timed step, FLOPs of the warm-up step) per mode."""
     model, cfg = trainer.model, trainer.train_cfg
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     sync = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    flops: dict[str, int] = {}
     for i in range(steps + 1):  # the first round warms up
         for mode, (reflect, grad) in MODES.items():
             trainer.use_reflection = reflect
             trainer.train_cfg = dataclasses.replace(cfg, reflection_grad=grad)
+            counter = FlopCounterMode(display=False) if i == 0 else contextlib.nullcontext()
             sync()
             start = time.perf_counter()
-            with trainer.compute_loss_context_manager():
+            with counter, trainer.compute_loss_context_manager():
                 loss = trainer.compute_loss(model, batch)
-            loss.backward()
+                loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync()
             if i > 0:
                 times[mode].append(time.perf_counter() - start)
-    return times
+            else:
+                flops[mode] = counter.get_total_flops()
+    return times, flops
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps of each kind (after one warm-up each)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps of each kind (after one warm-up each)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -97,16 +110,17 @@ def main() -> None:
         model, tokenizer = build_student(student, cfg)
         model.to(device).train()
         features = build_features(teacher, exams, tokenizer, cfg, student, round_idx=1)
-        features = [features[i] for i in range(0, len(features), 2)]  # one row (the recorded rationale) a question
+        data = ReflectionDataset(features)
+        features = [data[i] for i in range(0, len(data), 2)]  # one row (the recorded rationale) a question
         batch = {k: v.to(device) for k, v in ReflectionCollator(tokenizer.pad_token_id)(features).items()}
         with tempfile.TemporaryDirectory() as tmp:
             dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
             trainer = ReflectionTrainer(
-                model=model, args=training_arguments(cfg, Path(tmp), 0, dtype), train_dataset=features,
+                model=model, args=training_arguments(cfg, Path(tmp), 0, dtype), train_dataset=data,
                 data_collator=ReflectionCollator(tokenizer.pad_token_id), train_cfg=cfg, use_reflection=True,
                 batch_sampler=QuestionBatchSampler([f["question_id"] for f in features], BATCH),
             )
-            times = time_steps(trainer, batch, args.steps)
+            times, flops = time_steps(trainer, batch, args.steps)
         tokens = int(batch["attention_mask"].sum())
         view_tokens = int(batch["cont_attention_mask"].sum())
         prompt_tokens = int(batch["prompt_attention_mask"].sum())
@@ -115,13 +129,13 @@ def main() -> None:
               f"positive + negative {view_tokens} tokens")
         per_step = {mode: statistics.median(t) for mode, t in times.items()}
         for mode, s in per_step.items():
-            print(f"[{device}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
-        by_grad = {"anchor": per_step["MLE + refl. (grad anchor)"] / per_step["MLE only"],
-                   "all": per_step["MLE + self-reflection"] / per_step["MLE only"]}
+            print(f"[{device}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  {flops[mode] / 1e9:6.0f} GFLOP "
+                  f"({flops[mode] / flops['MLE only']:.2f}x MLE)  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
+        by_grad = {grad: per_step[f"MLE + refl. (grad {grad})"] / per_step["MLE only"] for grad in ("anchor", "all")}
         for grad, r in by_grad.items():
             print(f"[{device}] ratio, reflection_grad={grad}{' (default)' if grad == cfg.reflection_grad else ''}: {r:.2f}")
-        ratios.append(by_grad[cfg.reflection_grad])
-    print(f"ratio: {max(ratios):.2f}")
+        ratios.append(by_grad["all"])
+    print(f"ratio all/MLE: {max(ratios):.2f}")
 
 
 if __name__ == "__main__":

@@ -92,9 +92,13 @@ class TrainConfig:
     prompt_weight: float = 0.1  # MLE weight of prompt tokens (the official code's w)
     reflection_weight: float = 0.5  # lambda of the triplet term
     margin: float = 1.0  # triplet margin, distance = 1 - cosine
-    representation: str = "last"  # last (hidden state of the last rationale token) | pool (mean)
-    reflection_grad: str = "anchor"  # anchor: positive/negative forward-only (fits 1.5x an MLE step) | all: gradient through all three views (the official code)
-    mix_previous_rounds: bool = False  # train round k on earlier rounds' teacher data too
+    # eos: state at the end token appended to anchor, positive and negative (the official code) |
+    # departures: last (last answer token, the state the MLE trains to predict the end) | pool (mean over the rationale)
+    representation: str = "eos"
+    # all: gradient through anchor, positive and negative (the official code) | anchor: positive and
+    # negative forward-only (departure: the model can lower the loss by moving all states together)
+    reflection_grad: str = "all"
+    mix_previous_rounds: bool = False  # train round k on earlier rounds' teacher data too (positives stay each anchor's own round's)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -104,7 +108,7 @@ class TrainConfig:
     save_total_limit: int | None = 2  # Trainer checkpoints kept in <round>/checkpoints (None: all); resume needs 1
 
     def __post_init__(self):
-        _check(self.representation in ("last", "pool"), "train.representation", self.representation, "must be last or pool")
+        _check(self.representation in ("eos", "last", "pool"), "train.representation", self.representation, "must be eos, last or pool")
         _check(self.reflection_grad in ("all", "anchor"), "train.reflection_grad", self.reflection_grad, "must be all or anchor")
         _check(0.0 <= self.prompt_weight <= 1.0, "train.prompt_weight", self.prompt_weight, "must be in [0, 1]")
         _check(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")

@@ -173,9 +173,10 @@ def load_teacher_round(rnd: Round, k: int | None = None) -> list[TeacherRecord]:
 
 
 def teacher_records(rnd: Round) -> list[TeacherRecord]:
-    """Kept teacher rationales of rounds 1..k: training learns from round k's (all of them with
-    ``train.mix_previous_rounds``) and draws self-reflection positives from every round."""
-    return [r for k in range(1, rnd.round_idx + 1) for r in load_teacher_round(rnd, k) if r.kept]
+    """Kept teacher rationales that round k trains on: round k's (rounds 1..k with
+    ``train.mix_previous_rounds``); self-reflection positives come from each anchor's own round."""
+    first = 1 if rnd.cfg.train.mix_previous_rounds else rnd.round_idx
+    return [r for k in range(first, rnd.round_idx + 1) for r in load_teacher_round(rnd, k) if r.kept]
 
 
 def round_training(rnd: Round) -> dict:

@@ -5,7 +5,11 @@
 - ``triplet_loss``: self-reflection; the anchor (a teacher rationale) is pulled toward another
   correct rationale of the same question and pushed from the student's own wrong one, with
   distance ``1 - cos`` and a margin; rows without a positive and a negative contribute nothing.
-- ``last_token_repr`` / ``pooled_repr``: a rationale's representation from final hidden states.
+  ``triplet_distances`` gives its two halves, mean d(anchor, positive) and d(anchor, negative).
+- ``REPRESENTATIONS``: a rationale's representation from final hidden states over a span that
+  ends with the end token appended to every view: ``eos`` the state at that end token (the
+  official code; no MLE term trains that state), ``last`` the last answer token (departure: the
+  state the MLE trains to predict the end), ``pool`` the mean over the rationale (departure).
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ def weighted_mle_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch
 def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``1 - cos(x, y)`` row-wise: (N, H), (N, H) -> (N,)."""
     return 1.0 - F.cosine_similarity(x, y, dim=-1)
+
+
+def triplet_distances(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked means of ``d(anchor, positive)`` and ``d(anchor, negative)``: (N, H) x3, (N,) -> (), ();
+    NaN when no row is masked."""
+    mask = mask.bool()
+    return cosine_distance(anchor[mask], positive[mask]).mean(), cosine_distance(anchor[mask], negative[mask]).mean()
 
 
 def triplet_loss(
@@ -89,4 +102,27 @@ def pooled_repr(hidden: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-REPRESENTATIONS = {"last": last_token_repr, "pool": pooled_repr}
+def without_end(span: torch.Tensor) -> torch.Tensor:
+    """``span`` (B, L) less its last True position a row (the appended end token)."""
+    positions = torch.arange(span.size(1), device=span.device).expand_as(span)
+    last = torch.where(span.bool(), positions, -1).max(dim=1, keepdim=True).values  # (B, 1)
+    return span.bool() & positions.ne(last)
+
+
+def end_token_repr(hidden: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The state at the appended end token, the span's last position: (B, L, H), (B, L) -> (B, H)."""
+    return last_token_repr(hidden, span)
+
+
+def answer_token_repr(hidden: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The state at the last token before the end token (the answer line's last token)."""
+    return last_token_repr(hidden, without_end(span))
+
+
+def text_pooled_repr(hidden: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The mean state over the span less its end token."""
+    return pooled_repr(hidden, without_end(span))
+
+
+# Each takes a span (B, L) that ends with the appended end token.
+REPRESENTATIONS = {"eos": end_token_repr, "last": answer_token_repr, "pool": text_pooled_repr}

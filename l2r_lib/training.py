@@ -5,13 +5,20 @@ adapter (QLoRA when ``student_cfg.load_in_4bit``) on the round's kept teacher ra
 negatives being the student's wrong rationales from the exam taken before the round. Layout::
 
     out_dir/adapter/          the final adapter (its presence marks the round finished)
-    out_dir/checkpoints/      Trainer checkpoints (resume picks the latest)
-    out_dir/losses.csv        step, mle, triplet, total, lr (one row per optimizer step)
+    out_dir/checkpoints/      Trainer checkpoints (resume picks the newest complete one)
+    out_dir/checkpoint-N.incomplete  a checkpoint that could not be resumed from, moved aside
+    out_dir/losses.csv        step, mle, triplet, total, lr, d_pos, d_neg (one row per optimizer step)
     out_dir/train_config.yaml the resolved configuration of the round
 
 Batch layout (B rows, distinct questions): ``[left-padded prompt (P) | right-padded target (T)]``,
 target = rationale + answer line + eos. Positive and negative views are the same kind of target
-text (no eos) of another teacher rationale and of a wrong student rationale, as continuations.
+(with the eos) of another teacher rationale of the same round and of a wrong exam sample, as
+continuations of the anchor's prompt.
+
+Self-reflection defaults to the official code's objective: gradient through all three views,
+the representation at the eos appended to each, positives from the anchor's own round, negatives
+cycling over every wrong sample (``train.reflection_grad``/``train.representation`` name the
+departures).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import csv
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import os
@@ -30,7 +38,7 @@ from typing import Any, Iterator
 
 import torch
 import yaml
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.cache_utils import DynamicCache
 from transformers.trainer_utils import get_last_checkpoint
@@ -38,13 +46,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from .config import StudentConfig, TrainConfig
 from .prompts import build_prompt, demos_for, format_target
 from .records import ExamRecord, TeacherRecord
-from .reflection import IGNORE_INDEX, REPRESENTATIONS, triplet_loss, weighted_mle_loss
+from .reflection import IGNORE_INDEX, REPRESENTATIONS, triplet_distances, triplet_loss, weighted_mle_loss
 from .student import load_student
 
 log = logging.getLogger(__name__)
 
-LOSS_COLUMNS = ("step", "mle", "triplet", "total", "lr")
-MAX_NEGATIVES = 4  # distinct wrong rationales per question that negatives are drawn from
+# d_pos, d_neg: mean d(anchor, positive) and d(anchor, negative) of the triplet term (empty: no triplet row)
+LOSS_COLUMNS = ("step", "mle", "triplet", "total", "lr", "d_pos", "d_neg")
+METRICS = ("mle", "triplet", "total", "d_pos", "d_neg")  # averaged over the batches of a logged step
+MAX_POSITIVES = 10  # distinct teacher rationales per question and round that positives are drawn from (official cl_pos_num)
+MAX_NEGATIVES = 4  # distinct wrong exam samples per question that negatives are drawn from (official cl_neg_num)
 VIEW_GROUPS = 2  # positive/negative views run in this many length-sorted groups (less padding)
 # TrainingArguments' name for it: "activation_checkpointing" since transformers 5.2x, before "gradient_checkpointing"
 CHECKPOINTING = next(n for n in ("activation_checkpointing", "gradient_checkpointing") if n in TrainingArguments.__dataclass_fields__)
@@ -64,9 +75,11 @@ def build_features(
     """Tokenized training rows for round ``round_idx`` (kept records of that round, or of rounds
     up to it with ``cfg.mix_previous_rounds``).
 
-    Positive: another kept teacher rationale (different text) of the question among all given
-    records; negative: a wrong rationale of the student's exam on the question. Both are picked
-    cyclically, so every anchor of a question gets a different pair where possible.
+    Each row holds every candidate view; ``ReflectionDataset`` picks one pair per epoch.
+    Positives: the other kept rationales of the question in the anchor's own round (the official
+    code: the same round's teacher file, up to ``MAX_POSITIVES``); negatives: every distinct wrong
+    rationale of the student's exam on the question (up to ``MAX_NEGATIVES``). Anchor, positives
+    and negatives all end with the appended eos, where the ``eos`` representation is taken.
     """
     if student_cfg.num_demos and task is None:
         raise ValueError(f"student.num_demos = {student_cfg.num_demos} needs the task name: pass task=... to train_round")
@@ -78,13 +91,14 @@ def build_features(
             f"no kept teacher records for round_idx={round_idx} (of {len(teacher_records)} given, {len(kept)} kept); "
             "check the records' round_idx or set train.mix_previous_rounds"
         )
-    pool: dict[str, list[str]] = {}
+    pool: dict[tuple[int, str], list[str]] = {}  # (round, question id) -> distinct targets
     for r in kept:
+        texts = pool.setdefault((r.round_idx, r.id), [])
         target = format_target(r.rationale, r.answer)
-        pool.setdefault(r.id, [])
-        if target not in pool[r.id]:
-            pool[r.id].append(target)
+        if target not in texts and len(texts) < MAX_POSITIVES:
+            texts.append(target)
     wrong = {e.id: _wrong_targets(e) for e in exam_records or []}
+    eos = tokenizer.eos_token_id
 
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -93,19 +107,19 @@ def build_features(
     for r in in_round:
         k = seen[r.id] = seen.get(r.id, -1) + 1  # k-th anchor of this question
         prompt_ids = ids(build_prompt(r.question, tokenizer, chat=student_cfg.chat, demos=demos))
-        prompt_ids = prompt_ids[-(cfg.max_length - 1):]
-        room = cfg.max_length - len(prompt_ids)
+        prompt_ids = prompt_ids[-(cfg.max_length - 2):]  # room for one target token and the eos
+        room = cfg.max_length - len(prompt_ids) - 1  # target tokens before the appended eos
         anchor = format_target(r.rationale, r.answer)
-        others = [t for t in pool[r.id] if t != anchor]
-        negatives = wrong.get(r.id, [])
-        reason_ids = ids(anchor)[:room]
+        reason_ids = ids(anchor)
         features.append({
             "question_id": r.id,
+            "anchor_index": k,
             "prompt_ids": prompt_ids,
-            "target_ids": (reason_ids + [tokenizer.eos_token_id])[:room],
+            "target_ids": reason_ids[:room] + [eos],
             "reason_len": min(len(reason_ids), room),
-            "positive_ids": ids(others[k % len(others)])[:room] if others else None,
-            "negative_ids": ids(negatives[k % len(negatives)])[:room] if negatives else None,
+            "truncated": len(reason_ids) > room,
+            "positives": [ids(t)[:room] + [eos] for t in pool[(r.round_idx, r.id)] if t != anchor],
+            "negatives": [ids(t)[:room] + [eos] for t in wrong.get(r.id, [])],
         })
     return features
 
@@ -123,6 +137,25 @@ def _wrong_targets(exam: ExamRecord) -> list[str]:
     return out
 
 
+class ReflectionDataset(Dataset):
+    """The rows of ``build_features``; index ``epoch * len(self) + i`` is row i as epoch ``epoch``
+    sees it: with the positive and negative ``(anchor_index + epoch) mod count``, so the anchors of
+    a question and the epochs cycle over every candidate (the official code draws at random)."""
+
+    def __init__(self, features: list[dict[str, Any]]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        epoch, i = divmod(index, len(self.features))
+        f = self.features[i]
+        draw = f["anchor_index"] + epoch
+        pick = lambda views: views[draw % len(views)] if views else None
+        return {**f, "positive_ids": pick(f["positives"]), "negative_ids": pick(f["negatives"])}
+
+
 # --- batches of distinct questions ----------------------------------------------------------
 
 class QuestionBatchSampler(Sampler[list[int]]):
@@ -130,7 +163,8 @@ class QuestionBatchSampler(Sampler[list[int]]):
 
     Each batch takes one row from each of the ``batch_size`` questions with the most rows left
     (random tie-break), which gives the fewest batches, ``max(ceil(N / B), max rows of a
-    question)``, the same for every epoch; the batches are then shuffled.
+    question)``, the same for every epoch; the batches are then shuffled. Indices are offset by
+    ``epoch * N`` (``ReflectionDataset`` reads the epoch from them).
     """
 
     def __init__(self, question_ids: list[str], batch_size: int, seed: int = 0):
@@ -158,7 +192,9 @@ class QuestionBatchSampler(Sampler[list[int]]):
         return [out[j] for j in torch.randperm(len(out), generator=g).tolist()]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches(self.epoch)
+        offset = self.epoch * len(self.question_ids)
+        for batch in self.batches(self.epoch):
+            yield [offset + i for i in batch]
 
     def __len__(self) -> int:
         counts: dict[str, int] = {}
@@ -175,9 +211,11 @@ class ReflectionCollator:
 
     Anchor (B rows): ``input_ids``/``attention_mask``/``position_ids``/``labels`` (B, P+T),
     ``prompt_token`` (B, P+T) True on prompt tokens, ``anchor_span`` (B, P+T) True on the
-    rationale + answer tokens, ``prompt_attention_mask`` (B, P). Self-reflection (K rows that have
-    a positive and a negative): ``triplet_rows`` (K,), ``cont_input_ids``/``cont_attention_mask``
-    (2K, R), positives first, right-padded.
+    rationale + answer tokens and the eos after them, ``prompt_attention_mask`` (B, P).
+    Self-reflection (K rows that have a positive and a negative): ``triplet_rows`` (K,),
+    ``cont_input_ids``/``cont_attention_mask`` (2K, R), positives first, right-padded, each view
+    ending with its eos. The MLE learns to predict the anchor's eos (as the official code's
+    does), except after a rationale cut at ``max_length``; the eos's own state predicts nothing.
     """
 
     pad_token_id: int
@@ -196,9 +234,12 @@ class ReflectionCollator:
             input_ids[i, P:P + t] = torch.tensor(f["target_ids"])
             attention_mask[i, P - p:P + t] = 1
             prompt_token[i, P - p:P] = True
-            anchor_span[i, P:P + f["reason_len"]] = True
+            anchor_span[i, P:P + f["reason_len"] + 1] = True
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+T), prompt starts at 0
         labels = input_ids.masked_fill(attention_mask.eq(0), IGNORE_INDEX)
+        for i, f in enumerate(features):
+            if f.get("truncated"):  # a cut rationale does not end here
+                labels[i, P + len(f["target_ids"]) - 1] = IGNORE_INDEX
         rows = [i for i, f in enumerate(features) if f["positive_ids"] and f["negative_ids"]]
         views = [features[i]["positive_ids"] for i in rows] + [features[i]["negative_ids"] for i in rows]
         R = max((len(v) for v in views), default=0)
@@ -262,10 +303,11 @@ class ReflectionTrainer(Trainer):
 
     Design: the anchor (prompt + target) is one ordinary forward with gradient; it gives the MLE
     (prompt tokens included, weight ``w``) and the anchor's representation, and its prompt
-    keys/values, detached, are the cache that positives and negatives continue from (2K rows in
-    ``VIEW_GROUPS`` length-sorted forwards, with gradient unless ``reflection_grad == "anchor"``).
-    The prompt is thus encoded once per batch; with gradient checkpointing (no cache from the
-    anchor pass) it is run once more, without gradient.
+    keys/values, detached (the official code encodes the prompt without gradient too), are the
+    cache that positives and negatives continue from (2K rows in ``VIEW_GROUPS`` length-sorted
+    forwards, with gradient unless ``reflection_grad == "anchor"``). The prompt is thus encoded
+    once per batch; with gradient checkpointing (no cache from the anchor pass) it is run once
+    more, without gradient.
     """
 
     def __init__(self, *args, train_cfg: TrainConfig, use_reflection: bool, batch_sampler: QuestionBatchSampler, **kwargs):
@@ -274,7 +316,7 @@ class ReflectionTrainer(Trainer):
         self.use_reflection = use_reflection
         self.batch_sampler = batch_sampler
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: Trainer divides by grad_accum
-        self._metrics: dict[str, list[float]] = {"mle": [], "triplet": [], "total": []}
+        self._metrics: dict[str, list[float]] = {k: [] for k in METRICS}
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(
@@ -282,6 +324,25 @@ class ReflectionTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
+
+    def view_representations(self, model, inputs: dict[str, torch.Tensor], cache: DynamicCache) -> torch.Tensor:
+        """(2K, H) representations of the positive then negative views, continuing the prompts in ``cache``."""
+        represent = REPRESENTATIONS[self.train_cfg.representation]
+        P = inputs["prompt_attention_mask"].size(1)
+        view_rows = inputs["triplet_rows"].repeat(2)  # (2K,) the batch row each view continues
+        lengths = inputs["cont_attention_mask"].sum(dim=1)  # (2K,)
+        order = lengths.argsort()
+        parts = []
+        with torch.no_grad() if self.train_cfg.reflection_grad == "anchor" else contextlib.nullcontext():
+            for group in order.chunk(VIEW_GROUPS):  # similar lengths together: less padding
+                R = int(lengths[group].max())
+                mask = inputs["cont_attention_mask"][group, :R]
+                hidden = continuation_hidden(
+                    model, prompt_cache(cache, P, view_rows[group]), inputs["prompt_attention_mask"][view_rows[group]],
+                    inputs["cont_input_ids"][group, :R], mask,
+                )  # (G, R, H)
+                parts.append(represent(hidden, mask))
+        return torch.cat(parts)[order.argsort()]  # back in collator order
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg = self.train_cfg
@@ -295,32 +356,22 @@ class ReflectionTrainer(Trainer):
         mle = weighted_mle_loss(out.logits, inputs["labels"], weights)
         triplet = torch.zeros((), device=mle.device)
         if reflect:
-            represent = REPRESENTATIONS[cfg.representation]
-            anchor = represent(out.hidden_states[-1][rows], inputs["anchor_span"][rows])  # (K, H)
-            P = inputs["prompt_attention_mask"].size(1)
+            anchor = REPRESENTATIONS[cfg.representation](out.hidden_states[-1][rows], inputs["anchor_span"][rows])  # (K, H)
             cache = _output_cache(out)
             if cache is None:  # gradient checkpointing turns the anchor's cache off
+                P = inputs["prompt_attention_mask"].size(1)
                 with torch.no_grad():
                     cache = _output_cache(model(
                         input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
                         position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
                     ))
-            view_rows = rows.repeat(2)  # (2K,) the batch row each view continues
-            lengths = inputs["cont_attention_mask"].sum(dim=1)  # (2K,)
-            order = lengths.argsort()
-            parts = []
-            with torch.no_grad() if cfg.reflection_grad == "anchor" else contextlib.nullcontext():
-                for group in order.chunk(VIEW_GROUPS):  # similar lengths together: less padding
-                    R = int(lengths[group].max())
-                    mask = inputs["cont_attention_mask"][group, :R]
-                    hidden = continuation_hidden(
-                        model, prompt_cache(cache, P, view_rows[group]), inputs["prompt_attention_mask"][view_rows[group]],
-                        inputs["cont_input_ids"][group, :R], mask,
-                    )  # (G, R, H)
-                    parts.append(represent(hidden, mask))
-            views = torch.cat(parts)[order.argsort()]  # (2K, H), back in collator order
-            positive, negative = views.chunk(2)
-            triplet = triplet_loss(anchor, positive, negative, torch.ones_like(rows, dtype=torch.bool), cfg.margin)
+            positive, negative = self.view_representations(model, inputs, cache).chunk(2)
+            every = torch.ones_like(rows, dtype=torch.bool)
+            triplet = triplet_loss(anchor, positive, negative, every, cfg.margin)
+            if model.training:
+                d_pos, d_neg = triplet_distances(anchor.detach(), positive.detach(), negative.detach(), every)
+                self._metrics["d_pos"].append(d_pos.item())
+                self._metrics["d_neg"].append(d_neg.item())
         total = mle + cfg.reflection_weight * triplet
         if model.training:
             for name, value in (("mle", mle), ("triplet", triplet), ("total", total)):
@@ -329,13 +380,14 @@ class ReflectionTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics["total"]:
-            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items()})
+            # d_pos/d_neg: means over the batches that had triplet rows (NaN: none had)
+            logs.update({k: sum(v) / len(v) if v else math.nan for k, v in self._metrics.items()})
             self._metrics = {k: [] for k in self._metrics}
         super().log(logs, start_time)
 
 
 class CsvLossLogger(TrainerCallback):
-    """Appends ``step, mle, triplet, total, lr`` to a CSV at every training log."""
+    """Appends ``LOSS_COLUMNS`` to a CSV at every training log."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -344,17 +396,21 @@ class CsvLossLogger(TrainerCallback):
         if not state.is_world_process_zero or not logs or "mle" not in logs:
             return
         new = not self.path.exists()
+        cell = lambda k: "" if logs.get(k) is None or math.isnan(logs[k]) else logs[k]
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if new:
                 writer.writerow(LOSS_COLUMNS)
-            writer.writerow([state.global_step, logs["mle"], logs["triplet"], logs["total"], logs.get("learning_rate", "")])
+            writer.writerow([state.global_step, logs["mle"], logs["triplet"], logs["total"],
+                             logs.get("learning_rate", ""), cell("d_pos"), cell("d_neg")])
 
 
 def read_losses(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a ``losses.csv`` as dicts of floats (``step`` as int)."""
+    """Rows of a ``losses.csv`` as dicts of floats (``step`` as int); columns an older file lacks
+    (``d_pos``, ``d_neg``) and empty cells read as NaN."""
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "step" else float(v or "nan")) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = [{k: (int(v) if k == "step" else float(v or "nan")) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [{**dict.fromkeys(LOSS_COLUMNS, math.nan), **row} for row in rows]
 
 
 def _truncate_losses(path: Path, last_step: int) -> None:
@@ -363,9 +419,59 @@ def _truncate_losses(path: Path, last_step: int) -> None:
         return
     rows = [r for r in read_losses(path) if r["step"] <= last_step]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows)
+
+
+# --- resume only from a complete checkpoint -------------------------------------------------
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why Trainer could not resume from ``checkpoint`` (a file it needs missing or not loading), or None."""
+    import safetensors.torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    weights = next((n for n in ("adapter_model.safetensors", "adapter_model.bin") if (checkpoint / n).is_file()),
+                   "adapter_model.safetensors")
+
+    def load_torch(path: Path) -> None:
+        with safe_globals():  # as Trainer loads them (numpy arrays in rng_state allowed)
+            torch.load(path, map_location="cpu", weights_only=True)
+
+    needed = {
+        "trainer_state.json": lambda path: json.loads(path.read_text())["global_step"],
+        "adapter_config.json": lambda path: json.loads(path.read_text()),
+        weights: safetensors.torch.load_file if weights.endswith(".safetensors") else load_torch,
+        "optimizer.pt": load_torch, "scheduler.pt": load_torch, "rng_state.pth": load_torch,
+    }
+    for name, load in needed.items():
+        if not (checkpoint / name).is_file():
+            return f"{name} is missing"
+        try:
+            load(checkpoint / name)
+        except Exception as e:  # whatever way a half-written file fails to load
+            return f"{name} does not load ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def last_complete_checkpoint(out_dir: Path) -> str | None:
+    """The newest complete ``out_dir/checkpoints/checkpoint-N``; each newer, incomplete one (say a
+    disk filled up while it was written) is moved aside to ``out_dir/checkpoint-N.incomplete``
+    (out of reach of Trainer's checkpoint rotation) with a warning naming it."""
+    folder = out_dir / "checkpoints"
+    while folder.is_dir() and (checkpoint := get_last_checkpoint(str(folder))) is not None:
+        problem = checkpoint_problem(Path(checkpoint))
+        if problem is None:
+            return checkpoint
+        aside = out_dir / f"{Path(checkpoint).name}.incomplete"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = out_dir / f"{Path(checkpoint).name}.incomplete-{n}"
+        os.replace(checkpoint, aside)
+        log.warning("checkpoint %s is incomplete (%s): moved aside to %s; resuming from the one before, if any",
+                    checkpoint, problem, aside)
+    return None
 
 
 # --- a round ---------------------------------------------------------------------------------
@@ -447,7 +553,8 @@ def train_round(
     LoRA) on its kept teacher records; ``exam_records``: the exam taken before this round (negatives).
 
     A finished round (``out_dir/adapter`` exists) returns at once; otherwise training resumes from
-    the latest checkpoint in ``out_dir/checkpoints`` when ``resume``.
+    the newest complete checkpoint in ``out_dir/checkpoints`` when ``resume`` (incomplete newer
+    ones are moved aside, see ``last_complete_checkpoint``).
     """
     out_dir = Path(out_dir)
     adapter_dir, losses_csv, result_file = out_dir / "adapter", out_dir / "losses.csv", out_dir / "result.yaml"
@@ -455,7 +562,7 @@ def train_round(
         done = yaml.safe_load(result_file.read_text())
         return TrainResult(adapter_dir, int(done["steps"]), losses_csv, done.get("resumed_from_step"), skipped=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = get_last_checkpoint(str(out_dir / "checkpoints")) if resume and (out_dir / "checkpoints").is_dir() else None
+    checkpoint = last_complete_checkpoint(out_dir) if resume else None
     if checkpoint is None:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         losses_csv.unlink(missing_ok=True)
@@ -469,10 +576,10 @@ def train_round(
         "train": dataclasses.asdict(cfg), "student": dataclasses.asdict(student_cfg), "round_idx": round_idx,
         "use_reflection": use_reflection, "seed": seed, "task": task,
         "init_adapter": str(init_adapter) if init_adapter else None, "rows": len(features),
-        "rows_with_triplet": sum(bool(f["positive_ids"] and f["negative_ids"]) for f in features),
+        "rows_with_triplet": sum(bool(f["positives"] and f["negatives"]) for f in features),
     }, sort_keys=False))
     trainer = ReflectionTrainer(
-        model=model, args=args, train_dataset=features, data_collator=ReflectionCollator(tokenizer.pad_token_id),
+        model=model, args=args, train_dataset=ReflectionDataset(features), data_collator=ReflectionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv)],
         train_cfg=cfg, use_reflection=use_reflection, batch_sampler=sampler,
     )

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from l2r_lib.reflection import (
-    IGNORE_INDEX, cosine_distance, last_token_repr, pooled_repr, triplet_loss, weighted_mle_loss,
+    IGNORE_INDEX, REPRESENTATIONS, cosine_distance, last_token_repr, pooled_repr, triplet_distances, triplet_loss,
+    weighted_mle_loss, without_end,
 )
 
 
@@ -115,3 +116,31 @@ def test_pooled_repr_is_mean_over_span():
     span = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
     expected = torch.stack([hidden[0, :2].mean(0), hidden[1, 2:].mean(0)])
     torch.testing.assert_close(pooled_repr(hidden, span), expected)
+
+
+def test_triplet_distances_are_the_two_halves_of_the_loss():
+    torch.manual_seed(4)
+    a, p, n = torch.randn(3, 6, 8).unbind(0)
+    mask = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    d_pos, d_neg = triplet_distances(a, p, n, mask)
+    torch.testing.assert_close(d_pos, cosine_distance(a, p)[mask].mean())
+    torch.testing.assert_close(d_neg, cosine_distance(a, n)[mask].mean())
+    margin = 5.0  # every row inside the margin: the loss is exactly d_pos - d_neg + margin
+    torch.testing.assert_close(triplet_loss(a, p, n, mask, margin), d_pos - d_neg + margin)
+    assert all(d.isnan() for d in triplet_distances(a, p, n, torch.zeros(6, dtype=torch.bool)))
+
+
+def test_representations_read_the_span_that_ends_with_the_end_token():
+    """Spans end with the appended end token: ``eos`` is the state there, ``last`` the one before
+    (the answer's last token), ``pool`` the mean without the end token."""
+    hidden = torch.randn(2, 6, 3)
+    span = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)  # end tokens at 3 and 5
+    assert without_end(span).int().tolist() == [[0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0]]
+    torch.testing.assert_close(REPRESENTATIONS["eos"](hidden, span), torch.stack([hidden[0, 3], hidden[1, 5]]))
+    torch.testing.assert_close(REPRESENTATIONS["last"](hidden, span), torch.stack([hidden[0, 2], hidden[1, 4]]))
+    torch.testing.assert_close(REPRESENTATIONS["pool"](hidden, span), torch.stack([hidden[0, 1:3].mean(0), hidden[1, 3:5].mean(0)]))
+    changed = hidden.clone()
+    changed[0, 3] += 1.0  # only the end token's state
+    assert not torch.allclose(REPRESENTATIONS["eos"](changed, span)[0], hidden[0, 3])
+    for name in ("last", "pool"):
+        torch.testing.assert_close(REPRESENTATIONS[name](changed, span), REPRESENTATIONS[name](hidden, span))

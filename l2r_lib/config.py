@@ -58,8 +58,8 @@ class TeacherConfig:
     max_concurrency: int = 8
     requests_per_minute: int = 500
     tokens_per_minute: int = 200_000
-    max_retries: int = 6
-    timeout_s: float = 60.0
+    max_retries: int = 6  # of an attempt that failed on 429, 408/409, 5xx, the deadline, a lost connection or an unusable answer
+    timeout_s: float = 60.0  # deadline for a whole request (connect to last byte), however slowly the server answers
     n: int = 1  # samples per question
     temperature: float = 0.0
     max_tokens: int = 512

@@ -82,7 +82,8 @@ def test_a_second_run_on_the_same_out_is_refused_and_nothing_is_paid_twice(tmp_p
         server.stop()
     prompts = server.stats.prompts
     assert len(prompts) == TRAIN and max(prompts.values()) == 1  # every prompt paid exactly once
-    assert json.loads(done.read_text())["usage_requests"] == TRAIN
+    usage = json.loads(done.read_text())
+    assert (usage["usage_requests"], usage["usage_failed_after_response"], usage["usage_abandoned"]) == (TRAIN, 0, 0)
     run_lock.hold(run_dir)  # the killed holder left no stale lock
     run_lock.release(run_dir)
 
@@ -106,3 +107,15 @@ def test_a_refusing_endpoint_fails_the_stage_in_one_line_and_the_key_is_written_
     assert DUMMY_KEY not in res.stderr + res.stdout and files_containing(run_dir, DUMMY_KEY) == []
     # the notebook holds the error, masked
     assert "[REDACTED]" in nb.read_text()
+
+
+def test_the_teacher_table_shows_every_outcome_that_may_be_billed():
+    import pandas as pd
+
+    from l2r_lib.evaluation import teacher_table
+
+    metrics = pd.DataFrame([{"method": "tailored", "task": "gsm8k", "round": 1, "teacher": "openai:x",
+                             "teacher_requests": 501, "teacher_failed_after_response": 3, "teacher_abandoned": 40,
+                             "teacher_kept": 400, "teacher_dropped": 101, "accuracy": 0.1}])
+    row = teacher_table(metrics).iloc[0]
+    assert (row["teacher_requests"], row["teacher_failed_after_response"], row["teacher_abandoned"]) == (501, 3, 40)

@@ -223,7 +223,10 @@ class ChatClient:
         """Results in request order, and this call's usage. Works inside a running loop (notebooks)."""
         try:
             asyncio.get_running_loop()
+            in_loop = True
         except RuntimeError:
+            in_loop = False  # run outside this handler: an error must not chain onto it
+        if not in_loop:
             return asyncio.run(self.acomplete(requests, desc))
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, self.acomplete(requests, desc)).result()

@@ -15,7 +15,6 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO
 from fault_proxy import FaultProxy
 from l2r_lib import pipeline, run_lock
 from teacher_fixtures import DUMMY_KEY, files_containing

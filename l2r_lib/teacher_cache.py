@@ -72,10 +72,15 @@ class CachedResponse:
 
 
 def _damaged(path: Path, what: str) -> CacheDamagedError:
-    recover = f"sqlite3 '{path}' .recover | sqlite3 '{path}.recovered'"
+    recover = f"sqlite3 '{path}' .dump | sqlite3 '{path}.recovered'"  # .dump: .recover fails in some sqlite3 builds
+    what = " ".join(what.replace("*", "").split())  # quick_check reports span lines
     return CacheDamagedError(f"teacher cache {path} is damaged ({what}); it was left as it is: recover what it "
                              f"still holds with `{recover}` and put {path.name}.recovered in its place, or delete "
                              f"it to pay for every answer again")
+
+
+def _unwritable(path: Path, e: Exception) -> RuntimeError:
+    return RuntimeError(f"teacher cache {path} cannot be opened for writing ({e}): is its folder read-only or the disk full?")
 
 
 class TeacherCache:
@@ -83,9 +88,12 @@ class TeacherCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.exists():
-            self._create()
-        elif self.path.stat().st_size == 0:
+        try:
+            if not self.path.exists():
+                self._create()
+        except sqlite3.OperationalError as e:
+            raise _unwritable(self.path, e) from None
+        if self.path.stat().st_size == 0:
             raise CacheDamagedError(f"teacher cache {self.path} is damaged (0 bytes: it holds no answers); it was "
                                     f"left as it is: restore it from a copy (git, backup), or delete it to pay for "
                                     f"every answer again")
@@ -99,6 +107,8 @@ class TeacherCache:
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError("; ".join(problems[:2]))
             self._db.executescript(SCHEMA)
+        except sqlite3.OperationalError as e:  # the folder, not the file: read-only, full, missing
+            raise _unwritable(self.path, e) from None
         except sqlite3.DatabaseError as e:
             raise _damaged(self.path, str(e)) from None
         self.checkpoint()  # answers a killed process left in the WAL go into the file

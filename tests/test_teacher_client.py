@@ -253,7 +253,7 @@ def test_a_garbage_cache_file_is_a_one_line_error_with_the_recovery_command(fake
     with pytest.raises(CacheDamagedError) as err:
         _teacher(fake.url, path)
     msg = str(err.value)
-    assert "\n" not in msg and str(path) in msg and "not a database" in msg and f"sqlite3 '{path}' .recover" in msg
+    assert "\n" not in msg and str(path) in msg and "not a database" in msg and f"sqlite3 '{path}' .dump | sqlite3 '{path}.recovered'" in msg
     assert path.read_bytes() == junk
 
 
@@ -265,3 +265,24 @@ def test_the_cache_file_alone_holds_every_answer_after_a_call(fake, tmp_path):
     shutil.copy(tmp_path / "c.sqlite", tmp_path / "copy.sqlite")  # what git would commit: no -wal beside it
     with sqlite3.connect(tmp_path / "copy.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 20
+
+
+def test_a_damaged_page_is_one_line_and_its_command_recovers_the_answers(fake, tmp_path):
+    import os
+    import subprocess
+
+    path = tmp_path / "teacher_cache.sqlite"
+    _teacher(fake.url, path).rationales(EXAMPLES[:40], 1)
+    data = bytearray(path.read_bytes())
+    data[2 * 4096:3 * 4096] = os.urandom(4096)  # page 3: the first page of the responses' rows
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheDamagedError) as err:
+        TeacherCache(path)
+    msg = str(err.value)
+    assert "\n" not in msg and path.read_bytes() == bytes(data)
+    if shutil.which("sqlite3") is None:
+        pytest.skip("no sqlite3 command to try the recovery with")
+    command = msg.split("`")[1]
+    subprocess.run(command, shell=True, check=True, timeout=60)
+    with TeacherCache(tmp_path / "teacher_cache.sqlite.recovered") as cache:
+        assert 0 < len(cache) <= 40

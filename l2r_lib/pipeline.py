@@ -281,6 +281,9 @@ def share_round1(rnd: Round, donor: str) -> None:
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
     metrics = json.loads((tmp / "metrics.json").read_text())
     metrics.update(method=rnd.method, shared_from=donor)
+    # the donor's row counts what its teacher calls cost: counted again here, the table would bill them twice
+    metrics.update({k: 0 for k in ("teacher_requests", "teacher_failed_after_response", "teacher_abandoned",
+                                   "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd")})
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "SHARED.md").write_text(f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` "
                                    f"(feedback starts in round 2; both {'use' if rnd.uses_reflection else 'skip'} "

@@ -118,3 +118,19 @@ def test_the_teacher_table_shows_every_outcome_that_may_be_billed():
                              "teacher_kept": 400, "teacher_dropped": 101, "accuracy": 0.1}])
     row = teacher_table(metrics).iloc[0]
     assert (row["teacher_requests"], row["teacher_failed_after_response"], row["teacher_abandoned"]) == (501, 3, 40)
+
+
+def test_a_shared_round_1_does_not_bill_the_donors_requests_again(tmp_path):
+    from l2r_lib.config import load_config
+
+    cfg = load_config(overrides={"methods": ["tailored", "no-feedback"], "tasks": ["synthetic"]})
+    donor = pipeline.Round(cfg, tmp_path, "tailored", "synthetic", 1)
+    donor.dir.mkdir(parents=True)
+    billed = {"teacher_requests": 48, "teacher_abandoned": 2, "teacher_cost_usd": 0.5, "teacher_kept": 40}
+    (donor.dir / "metrics.json").write_text(json.dumps({"method": "tailored", "round": 1, **billed}))
+    shared = pipeline.Round(cfg, tmp_path, "no-feedback", "synthetic", 1)
+    pipeline.share_round1(shared, "tailored")
+    metrics = json.loads((shared.dir / "metrics.json").read_text())
+    assert metrics["shared_from"] == "tailored" and metrics["teacher_kept"] == 40  # trained on the same examples
+    assert (metrics["teacher_requests"], metrics["teacher_abandoned"], metrics["teacher_cost_usd"]) == (0, 0, 0)
+    assert [p.name for p in tmp_path.joinpath("no-feedback", "synthetic").iterdir()] == ["round-1"]  # no temp left

@@ -1,17 +1,28 @@
-"""The ``l2r`` command: ``l2r tasks``, ``l2r exam``; errors a user can fix print one line."""
+"""The ``l2r`` command: ``l2r tasks``, ``l2r exam``, ``l2r run``, ``l2r tables``.
+
+Every error prints one line (``l2r: error: ...``, redacted) and exits non-zero: 2 for bad input
+(params, data, names), 1 for a failure on the way (a stage, the endpoint, the disk, a run
+directory in use). ``--debug`` or ``L2R_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from . import paths
+from .redaction import redact
 from .tasks import TASKS, get_task, load_examples, split_sizes, task_slug
 
 FALLBACK_TASK = "synthetic"
+DEBUG_ENV = "L2R_DEBUG"
+DISK_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+INPUT_ERRORS = (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError)  # exit 2; anything else exits 1
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
@@ -52,7 +63,7 @@ def cmd_exam(args: argparse.Namespace) -> None:
     from .student import load_student
 
     task = reachable_task(args.task, args.data_dir) if args.fallback else args.task
-    examples = load_examples(task, args.split, args.data_dir)
+    examples = nonempty(load_examples(task, args.split, args.data_dir)[: args.limit], task, args.split, "--limit")
     cfg = ExamConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                      num_samples=args.samples, temperature=args.temperature, limit=args.limit)
     if args.adapter:  # a trained round's student: l2r exam --adapter results/<run>/<method>/<task>/round-<k>/adapter
@@ -79,16 +90,33 @@ def cmd_run(args: argparse.Namespace) -> None:
     params = args.params
     cfg = load_config(params)
     if args.data_dir:
-        import os
-
         os.environ[paths.DATA_DIR_ENV] = str(paths.data_dir(args.data_dir))
+    paths.data_dir(cfg.data_dir)  # a data directory that is named must exist
+    _check_student(cfg.student.name)
     unreachable = [t for t in cfg.tasks if reachable_task(t, cfg.data_dir) != t]
     if unreachable:
         params = _with_fallback_task(params, cfg, unreachable, args.out)
+        cfg = load_config(params)
+    for task in cfg.tasks:  # an empty split would "succeed" with 0 of 0 right
+        nonempty(load_examples(task, "train", cfg.data_dir)[: cfg.train_limit], task, "train", "train_limit")
+        nonempty(load_examples(task, "test", cfg.data_dir)[: cfg.test_limit], task, "test", "test_limit")
     run_dir = run_pipeline(params, args.out)
     print(f"run finished: {run_dir}")
     for table in sorted((run_dir / "tables").glob("*.md")):
         print(f"\n## {table.stem}\n{table.read_text()}")
+
+
+def nonempty(examples: list, task: str, split: str, limit: str) -> list:
+    if not examples:
+        raise ValueError(f"task {task!r} has no {split} questions (after {limit}): check its data file or the limit")
+    return examples
+
+
+def _check_student(name: str) -> None:
+    """A local student path that is not there fails now, not in the first notebook."""
+    looks_local = name.startswith((".", "/", "~"))
+    if looks_local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"student.name {name!r}: no such local model directory")
 
 
 def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | None) -> Path:
@@ -145,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS,
                         help=f"local data sets (default: ${paths.DATA_DIR_ENV}, else the Hub)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="l2r", description="Tailored reasoning distillation (Wang et al., EMNLP 2023).",
                                 parents=[common], formatter_class=fmt)
@@ -194,13 +224,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv, namespace=argparse.Namespace(data_dir=None))
+    args = build_parser().parse_args(argv, namespace=argparse.Namespace(data_dir=None, debug=False))
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
     try:
+        paths.data_dir(args.data_dir)  # every subcommand: a named data directory must exist
         args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"l2r: error: {msg}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("l2r: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:
+        if debug:
+            raise
+        print(f"l2r: error: {error_line(e)}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(e, INPUT_ERRORS) else 1) from None
+
+
+def error_line(e: BaseException) -> str:
+    """The one line a user sees: the message (a KeyError's without quotes), redacted."""
+    from .pipeline import StageFailed
+    from .run_lock import RunLockedError
+    from .teacher_cache import CacheDamagedError
+    from .teacher_client import TeacherRequestError
+
+    if isinstance(e, KeyError) and e.args:
+        msg = str(e.args[0])
+    elif isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+        msg = f"cannot write {e.filename or 'the output'}: {e.strerror or e}; use another --out, or free space"
+    elif isinstance(e, OSError) and e.filename is not None:
+        msg = f"{e.filename}: {e.strerror or e}"
+    else:
+        msg = str(e) or type(e).__name__
+        known = INPUT_ERRORS + (OSError, StageFailed, RunLockedError, CacheDamagedError, TeacherRequestError)
+        if not isinstance(e, known):
+            msg = f"{type(e).__name__}: {msg} (an internal error: rerun with --debug for the traceback)"
+    return " ".join(redact(msg).split())
 
 
 if __name__ == "__main__":

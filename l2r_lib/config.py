@@ -1,18 +1,22 @@
 """One typed configuration for params YAML, notebooks and the command line.
 
 ``load_config("params/default.yaml", overrides={"train.epochs": 1})`` gives a ``RunConfig``;
-unknown keys and bad values are errors that name the key (and the file).
+unknown keys and bad values are errors that name the key (and the file). Every field has a
+type (its annotation) and a rule in ``RULES`` (its range or options), checked whenever a config
+is built, from YAML or in code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -29,6 +33,9 @@ class StudentConfig:
     chat: bool = True  # use the tokenizer's chat template (instruct students)
     num_demos: int = 0  # worked demos before the question, in exam and training alike
 
+    def __post_init__(self):
+        _validate(self, "student")
+
 
 @dataclass
 class ExamConfig:
@@ -41,10 +48,7 @@ class ExamConfig:
     chunk_tokens: int = 16
 
     def __post_init__(self):
-        _check(self.max_new_tokens > 0, "exam.max_new_tokens", self.max_new_tokens, "must be > 0")
-        _check(self.chunk_tokens > 0, "exam.chunk_tokens", self.chunk_tokens, "must be > 0")
-        _check(self.batch_size > 0, "exam.batch_size", self.batch_size, "must be > 0")
-        _check(self.num_samples >= 1, "exam.num_samples", self.num_samples, "must be >= 1")
+        _validate(self, "exam")
 
 
 @dataclass
@@ -56,8 +60,8 @@ class TeacherConfig:
     max_concurrency: int = 8
     requests_per_minute: int = 500
     tokens_per_minute: int = 200_000
-    max_retries: int = 6
-    timeout_s: float = 60.0
+    max_retries: int = 6  # of an attempt that failed on 429, 408/409, 5xx, the deadline, a lost connection or an unusable answer
+    timeout_s: float = 60.0  # deadline for a whole request (connect to last byte), however slowly the server answers
     n: int = 1  # samples per question
     temperature: float = 0.0
     max_tokens: int = 512
@@ -68,9 +72,7 @@ class TeacherConfig:
     replay_path: str | None = None  # replay kind: None: <data_dir>/recorded_teacher/<task>.*.jsonl
 
     def __post_init__(self):
-        kinds = ("openai", "replay", "reference")
-        _check(self.kind in kinds, "teacher.kind", self.kind, f"must be one of {kinds}")
-        _check(self.feedback_kind in (None, *kinds), "teacher.feedback_kind", self.feedback_kind, f"must be one of {kinds}")
+        _validate(self, "teacher")
 
     def describe(self) -> str:
         """Who wrote the rationales, for captions: table readers must not mistake an offline teacher for a live one."""
@@ -108,12 +110,7 @@ class TrainConfig:
     save_total_limit: int | None = 2  # Trainer checkpoints kept in <round>/checkpoints (None: all); resume needs 1
 
     def __post_init__(self):
-        _check(self.representation in ("eos", "last", "pool"), "train.representation", self.representation, "must be eos, last or pool")
-        _check(self.reflection_grad in ("all", "anchor"), "train.reflection_grad", self.reflection_grad, "must be all or anchor")
-        _check(0.0 <= self.prompt_weight <= 1.0, "train.prompt_weight", self.prompt_weight, "must be in [0, 1]")
-        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
-        _check(self.save_total_limit is None or self.save_total_limit >= 1, "train.save_total_limit",
-               self.save_total_limit, "must be >= 1 or null (keep all)")
+        _validate(self, "train")
 
 
 @dataclass
@@ -133,14 +130,94 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        for m in self.methods:
-            _check(m in METHODS, "methods", m, f"each must be one of {METHODS}")
-        _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
-               "must be a non-empty list without repeats")
-        _check(self.rounds >= 1, "rounds", self.rounds, "must be >= 1")
+        _validate(self, "")
+        _check(len(set(self.methods)) == len(self.methods), "methods", self.methods, "must not repeat a method")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# --- the rule of every field ------------------------------------------------------------------
+# Plain dataclasses with one table of rules rather than pydantic models: the config stays
+# std-lib dataclasses (asdict, replace and == as before), each rule is one line here instead of
+# an annotation on every field, and pydantic's multi-line errors and lax coercions (1 -> True,
+# "1" -> 1) would take as much code to tame as these checks.
+
+
+@dataclass(frozen=True)
+class Rule:
+    ok: Callable[[Any], bool]
+    says: str  # the constraint, as the error states it
+
+
+def above(x: float) -> Rule:
+    return Rule(lambda v: v > x, f"must be > {x}")
+
+
+def at_least(x: float) -> Rule:
+    return Rule(lambda v: v >= x, f"must be >= {x}")
+
+
+def within(lo: float, hi: float, hi_open: bool = False) -> Rule:
+    return Rule(lambda v: lo <= v < hi if hi_open else lo <= v <= hi, f"must be in [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def one_of(*options: str) -> Rule:
+    return Rule(lambda v: v in options, f"must be one of {', '.join(options)}")
+
+
+def each_of(options: tuple[str, ...]) -> Rule:
+    return Rule(lambda v: len(v) > 0 and all(x in options for x in v), f"must be a non-empty list of {', '.join(options)}")
+
+
+ANY = Rule(lambda v: True, "")  # the type is the whole rule (flags, free text)
+NON_EMPTY = Rule(lambda v: len(v) > 0, "must not be empty")
+URL = Rule(lambda v: v.startswith(("http://", "https://")), "must start with http:// or https://")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TEACHER_KINDS = ("openai", "replay", "reference")
+
+RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type allows it
+    "name": NON_EMPTY, "tasks": NON_EMPTY, "methods": each_of(METHODS), "rounds": at_least(1),
+    "share_round1": ANY, "data_dir": NON_EMPTY, "seed": at_least(0), "train_limit": at_least(0),
+    "test_limit": at_least(0),
+    "student.name": NON_EMPTY, "student.load_in_4bit": ANY, "student.dtype": one_of(*DTYPES), "student.chat": ANY,
+    "student.num_demos": at_least(0),
+    "exam.max_new_tokens": above(0), "exam.batch_size": above(0), "exam.num_samples": at_least(1),
+    "exam.temperature": at_least(0), "exam.limit": at_least(0), "exam.chunk_tokens": above(0),
+    "teacher.kind": one_of(*TEACHER_KINDS), "teacher.feedback_kind": one_of(*TEACHER_KINDS),
+    "teacher.model": NON_EMPTY, "teacher.base_url": URL, "teacher.max_concurrency": above(0),
+    "teacher.requests_per_minute": above(0), "teacher.tokens_per_minute": above(0),
+    "teacher.max_retries": at_least(0), "teacher.timeout_s": above(0), "teacher.n": at_least(1),
+    "teacher.temperature": within(0, 2), "teacher.max_tokens": above(0), "teacher.show_gold": ANY,
+    "teacher.max_rationales": at_least(1), "teacher.price_per_1k_input": at_least(0),
+    "teacher.price_per_1k_output": at_least(0), "teacher.replay_path": NON_EMPTY,
+    "train.epochs": above(0), "train.batch_size": above(0), "train.grad_accum": above(0), "train.lr": above(0),
+    "train.warmup_ratio": within(0, 1), "train.weight_decay": at_least(0), "train.max_length": above(0),
+    "train.prompt_weight": within(0, 1), "train.reflection_weight": at_least(0), "train.margin": at_least(0),
+    "train.representation": one_of("eos", "last", "pool"), "train.reflection_grad": one_of("all", "anchor"),
+    "train.mix_previous_rounds": ANY, "train.lora_r": above(0), "train.lora_alpha": above(0),
+    "train.lora_dropout": within(0, 1, hi_open=True), "train.lora_target_modules": NON_EMPTY,
+    "train.save_steps": at_least(0), "train.gradient_checkpointing": ANY, "train.save_total_limit": at_least(1),
+}
+
+
+def _validate(obj: Any, section: str) -> None:
+    """Coerce each field to its annotated type and check its rule; errors name the dotted key."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key, hint, value = f"{section}.{f.name}" if section else f.name, hints[f.name], getattr(obj, f.name)
+        if dataclasses.is_dataclass(hint):  # checked by its own __post_init__
+            _check(isinstance(value, hint), key, value, f"expected a mapping of {hint.__name__} fields")
+            continue
+        value = _coerce(value, hint, key)
+        setattr(obj, f.name, value)
+        rule = RULES.get(key, ANY)
+        _check(value is None or rule.ok(value), key, value, rule.says)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -180,8 +257,13 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"{path} = {value!r}: expected a list")
         return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as text
+        except ValueError:
+            raise ValueError(f"{path} = {value!r}: expected a number") from None
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} = {value!r}: must be a finite number")
     if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ValueError(f"{path} = {value!r}: expected {hint.__name__}")
     return value
@@ -203,7 +285,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     data: dict = {}
     if path is not None:
         path = paths.resolve_params(path)
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{where}: YAML syntax error: {problem}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     data = apply_overrides(data, overrides or {})
     try:
         return from_dict(RunConfig, data)

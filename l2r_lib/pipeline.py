@@ -4,7 +4,8 @@
 round into ``results/<run>/<method>/<task>/round-<k>/`` and then writes the run's tables and
 figures. Each stage writes ``<stage>.done.json`` when it has finished; a stage with that marker
 is never run again, so a rerun redoes nothing and a rerun after a crash resumes where it stopped
-(the teacher cache and the training checkpoints cover a stage that died half-way).
+(the teacher cache and the training checkpoints cover a stage that died half-way). A run
+directory has one writer at a time (``run_lock``): a second ``l2r run`` on it is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import random
 import shutil
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from . import paths
+from . import paths, run_lock
 from .config import RunConfig, load_config, save_config
 from .records import ExamRecord, TeacherRecord, load_jsonl
 from .tasks import Example, load_examples
@@ -42,7 +44,9 @@ class Round:
     @classmethod
     def open(cls, params: str | Path, method: str, task: str, round_idx: int,
              run_dir: str | Path | None = None) -> "Round":
-        """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new)."""
+        """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new).
+        Opened by hand, the notebook's kernel holds the run's lock until it shuts down."""
+        run_lock.enter(Path(run_dir) if run_dir else RESULTS_DIR / load_config(params).name)
         cfg, run_dir = prepare_run(params, run_dir)
         if method not in cfg.methods or task not in cfg.tasks:
             raise ValueError(f"method {method!r} / task {task!r} not in {params} (methods {cfg.methods}, tasks {cfg.tasks})")
@@ -135,7 +139,8 @@ def _teacher_job(rnd: Round):
     t, train = rnd.cfg.teacher, rnd.examples("train")
     cache = rnd.run_dir / "teacher_cache.sqlite"  # shared by methods and tasks: a prompt is paid once
     kind = t.kind if rnd.round_idx == 1 else (t.feedback_kind or t.kind)
-    teacher = build_teacher(t, rnd.task, cache, kind=kind, data_dir=rnd.cfg.data_dir)
+    teacher = build_teacher(t, rnd.task, cache, kind=kind, data_dir=rnd.cfg.data_dir,
+                            scope=f"{rnd.method}/{rnd.task}/round-{rnd.round_idx}")  # usage is logged per round
     if rnd.round_idx == 1:
         return teacher, train, []
     wrong = [r for r in (load_exam(rnd) or []) if not r.correct[0]]
@@ -162,7 +167,7 @@ def teacher_prompting(rnd: Round) -> dict:
     records = teacher.feedback(mistakes, rnd.round_idx) if mistakes else teacher.rationales(questions, rnd.round_idx)
     save_round(rnd.dir, rnd.round_idx, records, teacher)
     export_official([r for r in records if r.kept], rnd.dir / "teacher_official.json")
-    usage = teacher.last_usage.to_dict()
+    usage = teacher.stage_usage().to_dict()  # a failed or killed earlier try's paid requests included
     summary = {"teacher": teacher.name, **keep_stats(records), **{f"usage_{k}": v for k, v in usage.items()}}
     return rnd.mark_done("02_teacher_prompting", summary, started)
 
@@ -222,6 +227,8 @@ def evaluation(rnd: Round) -> dict:
         "run": rnd.cfg.name, "method": rnd.method, "task": rnd.task, "round": rnd.round_idx,
         "accuracy": result.accuracy, "questions": len(result.records),
         "teacher": teacher.get("teacher"), "teacher_requests": teacher.get("usage_requests", 0),
+        "teacher_failed_after_response": teacher.get("usage_failed_after_response", 0),
+        "teacher_abandoned": teacher.get("usage_abandoned", 0),
         "teacher_questions": teacher.get("questions"), "teacher_kept": teacher.get("kept_records"),
         "teacher_dropped": teacher.get("records", 0) - teacher.get("kept_records", 0),
         "teacher_prompt_tokens": teacher.get("usage_prompt_tokens", 0),
@@ -267,11 +274,15 @@ def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str |
 def share_round1(rnd: Round, donor: str) -> None:
     """Copy the donor's finished round 1 (not its checkpoints) into ``rnd.dir``, all at once."""
     src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, 1).dir
-    tmp = rnd.dir.with_name(rnd.dir.name + ".sharing")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in rnd.dir.parent.glob(f"{rnd.dir.name}.sharing*"):  # copies that died half-way
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = rnd.dir.with_name(f"{rnd.dir.name}.sharing-{uuid.uuid4().hex[:8]}")
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
     metrics = json.loads((tmp / "metrics.json").read_text())
     metrics.update(method=rnd.method, shared_from=donor)
+    # the donor's row counts what its teacher calls cost: counted again here, the table would bill them twice
+    metrics.update({k: 0 for k in ("teacher_requests", "teacher_failed_after_response", "teacher_abandoned",
+                                   "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd")})
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "SHARED.md").write_text(f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` "
                                    f"(feedback starts in round 2; both {'use' if rnd.uses_reflection else 'skip'} "
@@ -334,11 +345,13 @@ def restore_adapter(rnd: Round) -> None:
 
 
 def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
-    """Execute every notebook of every method, task and round; then the tables. Returns the run dir."""
+    """Execute every notebook of every method, task and round; then the tables. Returns the run dir.
+    This process holds the run's lock until it exits (RunLockedError if another process has it)."""
     import papermill as pm
 
     from .evaluation import write_tables
 
+    run_lock.hold(Path(out) if out else RESULTS_DIR / load_config(params).name, for_children=True)
     cfg, run_dir = prepare_run(params, out)
     config_path = run_dir / "config.yaml"
     for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
@@ -356,14 +369,29 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                         continue
                     rnd.dir.mkdir(parents=True, exist_ok=True)
                     print(f"[l2r] {method} / {task} / round {k}: {nb}", flush=True)
-                    pm.execute_notebook(
-                        str(paths.notebooks_dir() / f"{nb}.ipynb"), str(rnd.dir / f"{nb}.ipynb"),
-                        parameters={"params": str(config_path.resolve()), "run_dir": str(run_dir.resolve()),
-                                    "method": method, "task": task, "round_idx": k},
-                        kernel_name="python3", progress_bar=progress, cwd=str(paths.notebooks_dir()),
-                    )
+                    try:
+                        pm.execute_notebook(
+                            str(paths.notebooks_dir() / f"{nb}.ipynb"), str(rnd.dir / f"{nb}.ipynb"),
+                            parameters={"params": str(config_path.resolve()), "run_dir": str(run_dir.resolve()),
+                                        "method": method, "task": task, "round_idx": k},
+                            kernel_name="python3", progress_bar=progress, cwd=str(paths.notebooks_dir()),
+                        )
+                    except pm.PapermillExecutionError as e:
+                        raise StageFailed(nb, rnd, e) from e
     write_tables(run_dir)
     return run_dir
+
+
+class StageFailed(RuntimeError):
+    """A notebook stage raised: one line with the stage, the round, the error and the notebook to open."""
+
+    def __init__(self, stage: str, rnd: Round, error: Exception):
+        from .redaction import redact
+
+        name, value = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+        last = " ".join(redact(f"{name}: {value}").split())
+        super().__init__(f"stage {stage} of {rnd.method}/{rnd.task}/round-{rnd.round_idx} failed: {last}; "
+                         f"see {rnd.dir / f'{stage}.ipynb'}")
 
 
 def manifest(cfg: RunConfig, params: str | Path) -> dict:

@@ -6,7 +6,9 @@
 - ``feedback(mistakes, round_idx)``: for each ``(example, wrong rationale, wrong answer)``, the
   mistake named and a correct rationale in the student's format (later rounds);
 - ``estimate(examples=..., mistakes=...)``: the dry run, the most a call could cost, sending nothing;
-- ``usage`` (this run so far), ``last_usage`` and ``last_requests`` (the last call, per request).
+- ``usage`` (this run so far), ``last_usage`` and ``last_requests`` (the last call, per request);
+- ``stage_usage()``: what the endpoint may have billed for the teacher's ``scope`` over every run
+  (failed and killed ones included; read from the cache), with this run's cache hits and retries.
 
 Every call returns ``TeacherRecord`` s with ``kept`` set by ``teacher_data.mark_kept`` (answer
 matches gold, distinct, at most ``max_rationales`` per question) and ``teacher`` naming who wrote
@@ -64,6 +66,9 @@ class Teacher:
         n = len(examples) + len(mistakes)
         return CostEstimate(n, n, 0, 0, 0, 0.0)  # offline teachers cost nothing
 
+    def stage_usage(self) -> Usage:
+        return self.usage  # offline teachers bill nothing
+
     def _record_usage(self, usage: Usage, rows: list[dict]) -> None:
         self.last_usage, self.last_requests = usage, rows
         self.usage += usage
@@ -77,10 +82,17 @@ class Teacher:
 
 
 class OpenAITeacher(Teacher):
-    def __init__(self, cfg: TeacherConfig, task: str, cache_path: str | Path, progress: bool = True):
+    def __init__(self, cfg: TeacherConfig, task: str, cache_path: str | Path, progress: bool = True, scope: str = ""):
         super().__init__(cfg, task)
         self.name = f"openai:{cfg.model}"
-        self.client = ChatClient(cfg, TeacherCache(cache_path), progress=progress)
+        self.client = ChatClient(cfg, TeacherCache(cache_path), progress=progress, scope=scope)
+
+    def stage_usage(self) -> Usage:
+        logged = self.client.cache.usage(self.client.scope)
+        return Usage(requests=logged["answered"], failed_after_response=logged["failed_after_response"],
+                     abandoned=logged["abandoned"], cache_hits=self.usage.cache_hits, retries=self.usage.retries,
+                     prompt_tokens=logged["prompt_tokens"], completion_tokens=logged["completion_tokens"],
+                     cost_usd=logged["cost_usd"])
 
     def _rationale_requests(self, examples: list[Example]) -> list[ChatRequest]:
         return [ChatRequest(rationale_messages(ex.question, self.kind), s) for ex in examples for s in range(self.cfg.n)]
@@ -197,11 +209,12 @@ def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:
 # --- construction -----------------------------------------------------------------------------
 
 def build_teacher(cfg: TeacherConfig, task: str, cache_path: str | Path, kind: str | None = None,
-                  data_dir: str | Path | None = None, progress: bool = True) -> Teacher:
-    """The teacher of ``kind`` (default ``cfg.kind``); ``cache_path`` is the openai kind's SQLite file."""
+                  data_dir: str | Path | None = None, progress: bool = True, scope: str = "") -> Teacher:
+    """The teacher of ``kind`` (default ``cfg.kind``); ``cache_path`` is the openai kind's SQLite file,
+    where its usage is logged under ``scope``."""
     kind = kind or cfg.kind
     if kind == "openai":
-        return OpenAITeacher(cfg, task, cache_path, progress=progress)
+        return OpenAITeacher(cfg, task, cache_path, progress=progress, scope=scope)
     if kind == "replay":
         return ReplayTeacher(cfg, task, data_dir)
     if kind == "reference":

@@ -1,17 +1,28 @@
-"""The teacher's on-disk response cache: one SQLite row per answered request, written on arrival.
+"""The teacher's on-disk response cache: one SQLite row per answered request, written on arrival,
+and one row per request the endpoint may have billed.
 
 The key is a sha256 of what determines the answer: the endpoint's model name, the messages and
 the sampling parameters (with a sample index, so ``n`` samples are ``n`` keys). The base URL
 and the API key are never part of the key or the row, so nothing secret reaches the disk.
 WAL mode with one commit per response: a run killed at any point keeps every answer it got.
+The WAL is folded into the file when it is opened and at the end of each teacher call
+(``checkpoint``), so the ``.sqlite`` file alone holds every answer.
+
+``attempts`` logs every request that reached the endpoint, by outcome: ``answered`` (stored),
+``failed_after_response`` (a response the client rejected: empty, a refusal, an unparseable
+body) and ``abandoned`` (sent, but no response read: past the deadline, cancelled, connection
+lost), under a ``scope`` (the pipeline's ``<method>/<task>/round-<k>``). Usage read from it
+survives a stage that fails or a process that is killed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +37,22 @@ CREATE TABLE IF NOT EXISTS responses (
     cost_usd REAL NOT NULL,
     latency_s REAL NOT NULL,
     created REAL NOT NULL           -- unix time
-)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT NOT NULL,
+    scope TEXT NOT NULL,            -- who asked, e.g. tailored/gsm8k/round-2 ('' outside the pipeline)
+    outcome TEXT NOT NULL,          -- answered | failed_after_response | abandoned
+    prompt_tokens INTEGER NOT NULL, -- as the response reported them (0 when there was none)
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    created REAL NOT NULL
+);
 """
+OUTCOMES = ("answered", "failed_after_response", "abandoned")
+
+
+class CacheDamagedError(RuntimeError):
+    """The cache file exists but is not a readable cache; it is never silently replaced."""
 
 
 def request_key(model: str, messages: list[dict], params: dict) -> str:
@@ -46,18 +71,62 @@ class CachedResponse:
     latency_s: float
 
 
+def _damaged(path: Path, what: str) -> CacheDamagedError:
+    recover = f"sqlite3 '{path}' .dump | sqlite3 '{path}.recovered'"  # .dump: .recover fails in some sqlite3 builds
+    what = " ".join(what.replace("*", "").split())  # quick_check reports span lines
+    return CacheDamagedError(f"teacher cache {path} is damaged ({what}); it was left as it is: recover what it "
+                             f"still holds with `{recover}` and put {path.name}.recovered in its place, or delete "
+                             f"it to pay for every answer again")
+
+
+def _unwritable(path: Path, e: Exception) -> RuntimeError:
+    return RuntimeError(f"teacher cache {path} cannot be opened for writing ({e}): is its folder read-only or the disk full?")
+
+
 class TeacherCache:
     """``get(key)`` / ``put(...)`` over a SQLite file; safe to read while another process writes."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        try:
+            if not self.path.exists():
+                self._create()
+        except sqlite3.OperationalError as e:
+            raise _unwritable(self.path, e) from None
+        if self.path.stat().st_size == 0:
+            raise CacheDamagedError(f"teacher cache {self.path} is damaged (0 bytes: it holds no answers); it was "
+                                    f"left as it is: restore it from a copy (git, backup), or delete it to pay for "
+                                    f"every answer again")
+        try:
+            # autocommit (isolation_level=None): each INSERT is durable once it returns; one thread at a
+            # time uses it, but not always the one that opened it (ChatClient.complete in a notebook)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:2]))
+            self._db.executescript(SCHEMA)
+        except sqlite3.OperationalError as e:  # the folder, not the file: read-only, full, missing
+            raise _unwritable(self.path, e) from None
+        except sqlite3.DatabaseError as e:
+            raise _damaged(self.path, str(e)) from None
+        self.checkpoint()  # answers a killed process left in the WAL go into the file
+
+    def _create(self) -> None:
+        """A new cache appears whole or not at all: a killed process never leaves a 0-byte file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit (isolation_level=None): each INSERT is durable once it returns; one thread at a
-        # time uses it, but not always the one that opened it (ChatClient.complete in a notebook)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
-        self._db.execute(SCHEMA)
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        db = sqlite3.connect(tmp)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        db.close()
+        try:
+            os.link(tmp, self.path)  # fails if another process created it meanwhile: keep theirs
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
 
     def get(self, key: str) -> CachedResponse | None:
         row = self._db.execute(
@@ -66,14 +135,43 @@ class TeacherCache:
         ).fetchone()
         return CachedResponse(*row) if row else None
 
-    def put(self, key: str, model: str, request: dict, response: CachedResponse) -> bool:
-        """Store a response; False if the key was already there (the first answer wins)."""
-        cur = self._db.execute(
-            "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, model, json.dumps(request, ensure_ascii=False), response.text, response.prompt_tokens,
-             response.completion_tokens, response.cost_usd, response.latency_s, time.time()),
-        )
+    def put(self, key: str, model: str, request: dict, response: CachedResponse, scope: str = "") -> bool:
+        """Store a response and count it as answered, in one transaction; False if the key was
+        already there (the first answer wins; the second was still paid, so it is counted)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, model, json.dumps(request, ensure_ascii=False), response.text, response.prompt_tokens,
+                 response.completion_tokens, response.cost_usd, response.latency_s, time.time()),
+            )
+            self._attempt(key, scope, "answered", response.prompt_tokens, response.completion_tokens, response.cost_usd)
         return cur.rowcount == 1
+
+    def record_attempt(self, key: str, scope: str, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0,
+                       cost_usd: float = 0.0) -> None:
+        """Log a request that reached the endpoint but left no answer (failed after the response, abandoned)."""
+        self._attempt(key, scope, outcome, prompt_tokens, completion_tokens, cost_usd)
+
+    def _attempt(self, key: str, scope: str, outcome: str, pt: int, ct: int, cost: float) -> None:
+        assert outcome in OUTCOMES, outcome
+        self._db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)", (key, scope, outcome, pt, ct, cost, time.time()))
+
+    def usage(self, scope: str) -> dict:
+        """What the endpoint may have billed for ``scope``, over every run: counts by outcome, tokens, cost."""
+        out = {o: 0 for o in OUTCOMES} | {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        rows = self._db.execute("SELECT outcome, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd) "
+                                "FROM attempts WHERE scope = ? GROUP BY outcome", (scope,))
+        for outcome, n, pt, ct, cost in rows:
+            out[outcome] = n
+            out["prompt_tokens"] += pt or 0
+            out["completion_tokens"] += ct or 0
+            out["cost_usd"] += cost or 0.0
+        return out
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the file (and empty it), so the ``.sqlite`` alone holds everything."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def __contains__(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
@@ -82,6 +180,7 @@ class TeacherCache:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:
+        self.checkpoint()
         self._db.close()
 
     def __enter__(self) -> "TeacherCache":

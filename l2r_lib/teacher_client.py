@@ -4,10 +4,17 @@
 from the cache, the rest through ``openai.AsyncOpenAI`` with at most ``max_concurrency`` in
 flight, within ``requests_per_minute`` and ``tokens_per_minute``, retried by tenacity with
 jittered exponential backoff (honouring ``Retry-After``) on 429, 408/409, 5xx, timeouts,
-dropped connections and malformed bodies. Each answer is stored the moment it arrives.
+dropped connections, malformed bodies and unusable answers (empty, whitespace, a refusal).
+Each answer is stored the moment it arrives; only good answers are stored. ``timeout_s`` is a
+deadline for the whole request, however slowly the server trickles its response.
+
+Usage counts every request the endpoint may have billed, each outcome apart: answered,
+failed after the response (rejected by the client) and abandoned (sent, no response read). It is
+logged in the cache as it happens, under the client's ``scope``, so it survives failures.
 
 The endpoint: ``cfg.base_url``, else ``$OPENAI_BASE_URL``, else OpenAI. The key only ever comes
-from ``$OPENAI_API_KEY``; it is handed to the SDK and never stored or logged.
+from ``$OPENAI_API_KEY``; it is handed to the SDK and never stored; every error message passes
+``redaction.redact``.
 """
 
 from __future__ import annotations
@@ -25,11 +32,11 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from tqdm.auto import tqdm
 
 from .config import TeacherConfig
+from .redaction import API_KEY_ENV, redact
 from .teacher_cache import CachedResponse, TeacherCache, request_key
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 LOCAL_KEY = "EMPTY"  # local servers (vLLM, llama.cpp, Ollama) accept any key; the SDK wants one
 CHARS_PER_TOKEN = 4.0  # rough English average, for dry runs and the token budget only
@@ -37,7 +44,15 @@ MAX_RETRY_AFTER_S = 60.0
 
 
 class MalformedResponse(Exception):
-    """A 200 response without a usable completion (garbage body, no choices, no content)."""
+    """A 200 response without a usable completion (garbage body, no choices, empty content, a refusal)."""
+
+    def __init__(self, message: str, prompt_tokens: int = 0, completion_tokens: int = 0):
+        super().__init__(message)
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
+
+
+class DeadlineExceeded(Exception):
+    """No complete response within ``timeout_s``."""
 
 
 class TeacherRequestError(RuntimeError):
@@ -47,11 +62,13 @@ class TeacherRequestError(RuntimeError):
 @dataclass
 class Usage:
     requests: int = 0  # answered by the endpoint, parsed and stored
+    failed_after_response: int = 0  # a response came but was rejected (empty, refusal, unparseable): may be billed
+    abandoned: int = 0  # sent, no response read (deadline, cancelled, connection lost): may be billed
     cache_hits: int = 0  # answered from the cache (cost nothing)
     retries: int = 0  # failed attempts that were retried
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # tokens and cost: of every response received, rejected ones included
 
     def __iadd__(self, other: "Usage") -> "Usage":
         for f in dataclasses.fields(self):
@@ -124,7 +141,26 @@ def _retryable(exc: BaseException) -> bool:
     # APIConnectionError covers timeouts and dropped connections. A garbage body surfaces as a
     # ValueError from decoding it (JSONDecodeError, UnicodeDecodeError): nothing else in an
     # attempt raises one, since the request itself is built before the first attempt.
-    return isinstance(exc, (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse, ValueError))
+    return isinstance(exc, (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse,
+                            DeadlineExceeded, ValueError))
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """The connection was never made: nothing reached the endpoint, nothing can be billed."""
+    # by name: the SDK's HTTP library is httpx or, in newer SDKs, httpx2
+    return type(exc.__cause__).__name__ in ("ConnectError", "ConnectTimeout")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One redacted line: an endpoint's error body may echo the key."""
+    if isinstance(exc, openai.APIStatusError):
+        text = f"HTTP {exc.status_code}: {exc.message}"
+    elif isinstance(exc, openai.APIConnectionError) and exc.__cause__ is not None:
+        text = f"{type(exc).__name__} ({type(exc.__cause__).__name__}: {exc.__cause__})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(redact(text).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -162,8 +198,8 @@ def resolve_endpoint(cfg: TeacherConfig) -> tuple[str | None, str]:
 
 
 class ChatClient:
-    def __init__(self, cfg: TeacherConfig, cache: TeacherCache, progress: bool = True):
-        self.cfg, self.cache, self.progress = cfg, cache, progress
+    def __init__(self, cfg: TeacherConfig, cache: TeacherCache, progress: bool = True, scope: str = ""):
+        self.cfg, self.cache, self.progress, self.scope = cfg, cache, progress, scope
 
     def params(self, sample_idx: int) -> dict:
         """Sampling parameters that define an answer (part of the cache key)."""
@@ -187,7 +223,10 @@ class ChatClient:
         """Results in request order, and this call's usage. Works inside a running loop (notebooks)."""
         try:
             asyncio.get_running_loop()
+            in_loop = True
         except RuntimeError:
+            in_loop = False  # run outside this handler: an error must not chain onto it
+        if not in_loop:
             return asyncio.run(self.acomplete(requests, desc))
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, self.acomplete(requests, desc)).result()
@@ -205,59 +244,113 @@ class ChatClient:
                 todo[key] = req
         usage.cache_hits = len(requests) - len(todo)
         if todo:
-            base_url, api_key = resolve_endpoint(self.cfg)
-            sem = asyncio.Semaphore(self.cfg.max_concurrency)
-            rpm, tpm = RateLimiter(self.cfg.requests_per_minute), RateLimiter(self.cfg.tokens_per_minute)
-            bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, leave=False)
-            async with openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=self.cfg.timeout_s,
-                                          max_retries=0) as client:  # tenacity retries, so one policy counts all
-
-                async def attempt(key: str, req: ChatRequest) -> CachedResponse:
-                    async with sem:
-                        await rpm.acquire(1)
-                        await tpm.acquire(approx_tokens(req.messages) + self.cfg.max_tokens)
-                        start = time.monotonic()
-                        resp = await client.chat.completions.create(
-                            model=self.cfg.model, messages=req.messages, temperature=self.cfg.temperature,
-                            max_tokens=self.cfg.max_tokens, n=1)
-                    return self._parse(key, resp, time.monotonic() - start)
-
-                def count_retry(state) -> None:
-                    usage.retries += 1
-                    log.debug("retrying after %r", state.outcome.exception())
-
-                async def one(key: str, req: ChatRequest) -> None:
-                    retrying = AsyncRetrying(retry=retry_if_exception(_retryable), wait=_BackoffWait(),
-                                             stop=stop_after_attempt(self.cfg.max_retries + 1), reraise=True,
-                                             before_sleep=count_retry)
-                    got = await retrying(attempt, key, req)
-                    # stored before it is counted: the usage is exactly what the cache holds
-                    self.cache.put(key, self.cfg.model, {"messages": req.messages, **self.params(req.sample_idx)}, got)
-                    usage.requests += 1
-                    usage.prompt_tokens += got.prompt_tokens
-                    usage.completion_tokens += got.completion_tokens
-                    usage.cost_usd += got.cost_usd
-                    results[key] = ChatResult(key, got.text, got.prompt_tokens, got.completion_tokens, got.cost_usd, False)
-                    bar.update(1)
-
-                outcomes = await asyncio.gather(*(one(k, r) for k, r in todo.items()), return_exceptions=True)
-            bar.close()
-            errors = [e for e in outcomes if isinstance(e, BaseException)]
-            if errors:
-                raise TeacherRequestError(
-                    f"{len(errors)} of {len(todo)} teacher requests to {base_url or 'OpenAI'} failed after "
-                    f"{self.cfg.max_retries} retries (first: {errors[0]!r}); the {usage.requests} answered are cached "
-                    f"in {self.cache.path}: rerun to send only the rest") from errors[0]
+            try:
+                await self._send(todo, results, usage, desc)
+            finally:
+                self.cache.checkpoint()  # the end of a teacher call: the .sqlite alone holds every answer
         return [results[k] for k in keys], usage
 
+    async def _send(self, todo: dict[str, ChatRequest], results: dict[str, ChatResult], usage: Usage, desc: str) -> None:
+        base_url, api_key = resolve_endpoint(self.cfg)
+        started = time.monotonic()
+        sem = asyncio.Semaphore(self.cfg.max_concurrency)
+        rpm, tpm = RateLimiter(self.cfg.requests_per_minute), RateLimiter(self.cfg.tokens_per_minute)
+        attempts: dict[str, int] = {}
+        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress, leave=False)
+
+        def lost(key: str, outcome: str, pt: int = 0, ct: int = 0) -> None:
+            """A request that reached the endpoint and left no answer: logged, counted."""
+            cost = self.cost(pt, ct)
+            self.cache.record_attempt(key, self.scope, outcome, pt, ct, cost)
+            setattr(usage, outcome, getattr(usage, outcome) + 1)
+            usage.prompt_tokens, usage.completion_tokens, usage.cost_usd = (
+                usage.prompt_tokens + pt, usage.completion_tokens + ct, usage.cost_usd + cost)
+
+        async with openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=self.cfg.timeout_s,
+                                      max_retries=0) as client:  # tenacity retries, so one policy counts all
+
+            async def attempt(key: str, req: ChatRequest) -> CachedResponse:
+                async with sem:
+                    await rpm.acquire(1)
+                    await tpm.acquire(approx_tokens(req.messages) + self.cfg.max_tokens)
+                    attempts[key] = attempts.get(key, 0) + 1
+                    start = time.monotonic()
+                    try:
+                        async with asyncio.timeout(self.cfg.timeout_s):  # httpx's timeout is per read
+                            resp = await client.chat.completions.create(
+                                model=self.cfg.model, messages=req.messages, temperature=self.cfg.temperature,
+                                max_tokens=self.cfg.max_tokens, n=1)
+                    except TimeoutError:
+                        lost(key, "abandoned")
+                        raise DeadlineExceeded(f"no complete response within timeout_s={self.cfg.timeout_s:g} s") from None
+                    except asyncio.CancelledError:
+                        lost(key, "abandoned")
+                        raise
+                    except openai.APIConnectionError as e:  # APITimeoutError included
+                        if not _never_sent(e):
+                            lost(key, "abandoned")
+                        raise
+                    except (openai.APIResponseValidationError, ValueError):
+                        lost(key, "failed_after_response")  # a body that does not decode
+                        raise
+                try:
+                    return self._parse(key, resp, time.monotonic() - start)
+                except MalformedResponse as e:
+                    lost(key, "failed_after_response", e.prompt_tokens, e.completion_tokens)
+                    raise
+
+            def count_retry(state) -> None:
+                usage.retries += 1
+                log.debug("retrying after %s", describe_error(state.outcome.exception()))
+
+            async def one(key: str, req: ChatRequest) -> None:
+                retrying = AsyncRetrying(retry=retry_if_exception(_retryable), wait=_BackoffWait(),
+                                         stop=stop_after_attempt(self.cfg.max_retries + 1), reraise=True,
+                                         before_sleep=count_retry)
+                got = await retrying(attempt, key, req)
+                # stored and counted in one transaction: the usage is exactly what the cache logs
+                self.cache.put(key, self.cfg.model, {"messages": req.messages, **self.params(req.sample_idx)}, got,
+                               scope=self.scope)
+                usage.requests += 1
+                usage.prompt_tokens += got.prompt_tokens
+                usage.completion_tokens += got.completion_tokens
+                usage.cost_usd += got.cost_usd
+                results[key] = ChatResult(key, got.text, got.prompt_tokens, got.completion_tokens, got.cost_usd, False)
+                bar.update(1)
+
+            outcomes = await asyncio.gather(*(one(k, r) for k, r in todo.items()), return_exceptions=True)
+        bar.close()
+        failed = [(k, e) for k, e in zip(todo, outcomes) if isinstance(e, BaseException)]
+        if failed:
+            key, first = failed[0]
+            tries = attempts.get(key, 0)
+            why = (f"gave up after {tries} attempts (max_retries={self.cfg.max_retries})" if _retryable(first)
+                   else f"{tries} attempt{'s' if tries != 1 else ''}: not retryable")
+            # no `from`: the endpoint's own exception may carry the key in its body
+            raise TeacherRequestError(
+                f"{len(failed)} of {len(todo)} teacher requests to {base_url or 'OpenAI'} failed within "
+                f"{time.monotonic() - started:.1f} s (first: {describe_error(first)}; {why}); "
+                f"{usage.requests} answered (cached in {self.cache.path}), {usage.failed_after_response} failed after "
+                f"a response, {usage.abandoned} abandoned: rerun to send only the rest")
+
     def _parse(self, key: str, resp, latency_s: float) -> CachedResponse:
-        try:
-            text = resp.choices[0].message.content
-        except (AttributeError, IndexError, TypeError, KeyError):
-            raise MalformedResponse(f"no completion in response body {str(resp)[:80]!r}") from None
-        if not isinstance(text, str):
-            raise MalformedResponse(f"completion content is {type(text).__name__}, not text")
+        """The answer of a 200 response; MalformedResponse (retried, never cached) when there is none."""
         usage = getattr(resp, "usage", None)  # some servers omit it: count zero rather than guess
-        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        try:
+            pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+            ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        except (TypeError, ValueError):
+            pt = ct = 0
+        try:
+            message = resp.choices[0].message
+            text = message.content
+        except (AttributeError, IndexError, TypeError, KeyError):
+            raise MalformedResponse(f"no completion in response body {redact(str(resp)[:80])!r}", pt, ct) from None
+        refusal = getattr(message, "refusal", None)
+        if refusal and not (text or "").strip():
+            raise MalformedResponse(f"a refusal with no answer: {redact(str(refusal)[:80])!r}", pt, ct)
+        if not isinstance(text, str):
+            raise MalformedResponse(f"completion content is {type(text).__name__}, not text", pt, ct)
+        if not text.strip():
+            raise MalformedResponse("empty completion" + (f" ({len(text)} characters of whitespace)" if text else ""), pt, ct)
         return CachedResponse(key, text, pt, ct, self.cost(pt, ct), latency_s)

@@ -3,9 +3,13 @@ or (no upstream) a fake chat-completions server with a fixed latency.
 
 ``FaultProxy(upstream_url, fault_rate=0.3, seed=0).start()`` fails that share of requests at
 random (seeded) with one of: 429, 500, a dropped connection, a delay past the client's timeout,
-or a garbage 200 body. It counts what it saw (``stats``): requests received, responses passed
-through intact, faults by kind and the usage in the intact responses, which is what a client
-may count. Connections are kept alive until a fault (or the client) closes them.
+or a garbage 200 body. ``script=["empty", None, "401"]`` instead gives the i-th request the i-th
+fault (None: a good answer; after the script, the random faults), from FAULTS and SCRIPTED:
+200s whose content is empty, whitespace or a refusal, a body trickled one byte at a time, and a
+401 whose body echoes the Authorization header (as some endpoints do). It counts what it saw
+(``stats``): requests received, responses passed through intact, faults by kind, each prompt,
+and the usage in the intact responses, which is what a client may count. Connections are kept
+alive until a fault (or the client) closes them.
 
 ``python tests/fault_proxy.py --latency 0.2`` runs the fake server alone and prints its URL.
 """
@@ -22,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 FAULTS = ("429", "500", "drop", "timeout", "garbage")
+SCRIPTED = ("empty", "whitespace", "refusal", "trickle", "401")
+TRICKLE_BYTES = 40  # a trickled body stops after this many bytes: every test loop is bounded
 
 
 @dataclass
@@ -35,13 +41,16 @@ class ProxyStats:
     prompt_tokens: int = 0  # summed over the `ok` responses
     completion_tokens: int = 0
     auth_headers: set = field(default_factory=set)  # to prove the key was sent (kept in memory only)
+    prompts: Counter = field(default_factory=Counter)  # messages JSON -> times received
 
 
 class FaultProxy:
     def __init__(self, upstream: str | None = None, fault_rate: float = 0.0, seed: int = 0,
-                 timeout_delay_s: float = 5.0, latency_s: float = 0.0, faults: tuple[str, ...] = FAULTS):
+                 timeout_delay_s: float = 5.0, latency_s: float = 0.0, faults: tuple[str, ...] = FAULTS,
+                 script: list[str | None] | None = None, trickle_s: float = 0.5):
         self.upstream = upstream.rstrip("/") if upstream else None
         self.fault_rate, self.timeout_delay_s, self.latency_s, self.faults = fault_rate, timeout_delay_s, latency_s, faults
+        self.script, self.trickle_s, self._served = list(script or []), trickle_s, 0
         self.rng = random.Random(seed)
         self.stats = ProxyStats()
         self.port = 0
@@ -104,11 +113,19 @@ class FaultProxy:
     async def _respond(self, reader, writer, method: str, path: str, headers: dict, body: bytes, stats: ProxyStats) -> bool:
         if "authorization" in headers:
             stats.auth_headers.add(headers["authorization"])
-        fault = self.rng.choice(self.faults) if self.rng.random() < self.fault_rate else None
+        try:
+            stats.prompts[json.dumps(json.loads(body).get("messages"), sort_keys=True)] += 1
+        except ValueError:
+            pass
+        self._served += 1
+        if self._served <= len(self.script):
+            fault = self.script[self._served - 1]
+        else:
+            fault = self.rng.choice(self.faults) if self.rng.random() < self.fault_rate else None
         try:
             if fault is not None:
                 stats.faults[fault] += 1
-                await self._fault(fault, writer)
+                await self._fault(fault, writer, headers, body)
                 return True  # faults end the connection
             status, ctype, payload = await self._answer(method, path, headers, body)
             if reader.at_eof():  # the client hung up while we waited (timeout, SIGKILL)
@@ -125,8 +142,26 @@ class FaultProxy:
             stats.abandoned += 1
             return True
 
-    async def _fault(self, fault: str, writer: asyncio.StreamWriter) -> None:
-        if fault == "429":
+    async def _fault(self, fault: str, writer: asyncio.StreamWriter, headers: dict, body: bytes) -> None:
+        request = json.loads(body or b"{}")
+        if fault in ("empty", "whitespace", "refusal"):
+            content = {"empty": "", "whitespace": " \n\t ", "refusal": None}[fault]
+            payload = json.loads(fake_completion(request))
+            payload["choices"][0]["message"] |= {"content": content, "refusal": "I can't help with that." if content is None else None}
+            await self._write(writer, 200, "application/json", json.dumps(payload).encode())
+        elif fault == "401":
+            echo = headers.get("authorization", "").removeprefix("Bearer ")
+            await self._write(writer, 401, "application/json", json.dumps(
+                {"error": {"message": f"Incorrect API key provided: {echo}", "code": "invalid_api_key"}}).encode())
+        elif fault == "trickle":
+            payload = fake_completion(request)
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            writer.write(head.encode("latin-1"))
+            for i in range(min(TRICKLE_BYTES, len(payload))):
+                writer.write(payload[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(self.trickle_s)
+        elif fault == "429":
             await self._write(writer, 429, "application/json", b'{"error": {"message": "rate limited (injected)"}}',
                               {"retry-after-ms": "50"})
         elif fault == "500":

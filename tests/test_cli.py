@@ -1,5 +1,8 @@
+import errno
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +57,101 @@ def test_fallback_params_use_the_synthetic_task_with_a_teacher_that_covers_it(tm
     cfg = load_config(path)
     assert cfg.tasks == ["synthetic"] and cfg.name == "default-synthetic"
     assert "replay" not in (cfg.teacher.kind, cfg.teacher.feedback_kind)  # no recording exists for synthetic
+
+
+def _one_error_line(res) -> str:
+    lines = [l for l in res.stderr.splitlines() if l.startswith("l2r: error")]
+    assert res.returncode != 0 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    return lines[0]
+
+
+def _params(tmp_path, text: str) -> str:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+TINY = "name: t\ntasks: [synthetic]\nmethods: [std-cot]\nrounds: 1\nstudent: {name: tiny}\nteacher: {kind: reference}\n"
+
+
+def test_a_missing_data_dir_fails_every_subcommand(tmp_path):
+    for args in (["tasks"], ["tables", "--results", str(tmp_path)], ["run", _params(tmp_path, TINY)]):
+        line = _one_error_line(run("--data-dir", "/no/such/dir", *args))
+        assert "/no/such/dir" in line, args
+    env = {**os.environ, "L2R_DATA_DIR": "/no/such/env/dir"}
+    assert "/no/such/env/dir" in _one_error_line(run("tasks", env=env))
+
+
+def test_a_split_with_no_questions_is_an_error_not_zero_of_zero(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(f'{{"question": "q{i}", "answer": {i}, "split": "train"}}\n' for i in range(3)))
+    line = _one_error_line(run("exam", "--task", f"jsonl:{path}", "--student", "tiny"))
+    assert "no test questions" in line
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    params = _params(tmp_path, TINY.replace("[synthetic]", f"['jsonl:{empty}']"))
+    assert "no train questions" in _one_error_line(run("run", params, "--out", str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("name: t\ntrain: {lr: [1\n", "p.yaml:3:1: YAML syntax error"),
+    ("teacher: {max_concurrency: 0}\n", "p.yaml: teacher.max_concurrency = 0: must be > 0"),
+    ("train: {lr: fast}\n", "train.lr = 'fast': expected a number"),
+    (TINY.replace("name: tiny", "name: ./no/such/student"), "./no/such/student"),
+])
+def test_bad_params_are_one_line(tmp_path, text, needle):
+    assert needle in _one_error_line(run("run", _params(tmp_path, text), "--out", str(tmp_path / "out")))
+
+
+def test_an_unknown_hub_student_is_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    _one_error_line(run("exam", "--task", "synthetic", "--student", "no-such-org/no-such-model-l2r", env=env))
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path):
+    target = Path("/sys/l2r-run-test")
+    try:
+        target.mkdir()
+    except OSError:
+        pass
+    else:
+        target.rmdir()
+        pytest.skip("/sys is writable here: no read-only folder to try")
+    line = _one_error_line(run("run", _params(tmp_path, TINY), "--out", str(target)))
+    assert f"cannot write {target}" in line
+
+
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys, data_dir):
+    from l2r_lib import pipeline
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.ipynb"))
+
+    monkeypatch.setattr(pipeline, "run_pipeline", full)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data-dir", str(data_dir), "run", _params(tmp_path, TINY), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and "\n" not in err
+    assert err == f"l2r: error: cannot write {tmp_path / 'out' / 'x.ipynb'}: No space left on device; use another --out, or free space"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    res = run("--debug", "--data-dir", "/no/such/dir", "tasks")
+    assert res.returncode != 0 and "Traceback" in res.stderr and "FileNotFoundError" in res.stderr
+    res = run("--data-dir", "/no/such/dir", "tasks", env={**os.environ, "L2R_DEBUG": "1"})
+    assert "Traceback" in res.stderr
+
+
+def test_an_error_message_never_shows_the_key(tmp_path, monkeypatch, capsys):
+    from l2r_lib import cli
+
+    monkeypatch.setenv("OPENAI_API_KEY", "my-very-secret-value-123")
+
+    def leaky(args):
+        raise RuntimeError("endpoint said: bad key my-very-secret-value-123 (and sk-abcdefghijklmnop)")
+
+    monkeypatch.setattr(cli, "cmd_tasks", leaky)
+    with pytest.raises(SystemExit):
+        main(["tasks"])
+    err = capsys.readouterr().err
+    assert "my-very-secret" not in err and "sk-abcdefghijklmnop" not in err and err.count("[REDACTED]") == 2

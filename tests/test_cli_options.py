@@ -11,7 +11,7 @@ from l2r_lib.cli import build_parser
 
 
 def parse(*argv):
-    return build_parser().parse_args(list(argv), namespace=argparse.Namespace(data_dir=None))
+    return build_parser().parse_args(list(argv), namespace=argparse.Namespace(data_dir=None, debug=False))
 
 
 def test_global_options_before_or_after_the_subcommand():

@@ -44,3 +44,66 @@ def test_every_params_file_is_valid():
     for f in files:
         cfg = load_config(f)
         assert cfg.name and cfg.tasks, f
+
+
+NONSENSE = [  # the settings a new user tried: each was accepted (or, for lr, refused) before
+    ("teacher.max_concurrency", 0), ("teacher.max_retries", -3), ("teacher.timeout_s", -1), ("teacher.n", 0),
+    ("teacher.requests_per_minute", 0), ("teacher.tokens_per_minute", 0), ("train_limit", -5), ("test_limit", -1),
+    ("train.reflection_weight", -1), ("train.epochs", -3), ("train.lr", 0), ("student.dtype", "fp16"),
+    ("exam.limit", -2), ("teacher.temperature", 5), ("train.lora_dropout", 1.0), ("train.warmup_ratio", 2),
+    ("teacher.base_url", "localhost:8080"), ("seed", -1), ("train.grad_accum", 0), ("exam.temperature", -0.5),
+    ("teacher.price_per_1k_input", -0.1), ("train.lr", ".nan"), ("tasks", []),
+]
+
+
+@pytest.mark.parametrize("key,value", NONSENSE)
+def test_nonsense_settings_are_one_line_errors_naming_the_key(tmp_path, key, value):
+    import yaml
+
+    section, _, leaf = key.rpartition(".")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({section: {leaf: value}} if section else {leaf: value}).replace("'.nan'", ".nan"))
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: {key} = ")
+
+
+def test_nonsense_in_code_is_refused_too():
+    from l2r_lib.config import TeacherConfig, TrainConfig
+
+    with pytest.raises(ValueError, match=r"teacher\.max_concurrency = 0: must be > 0"):
+        TeacherConfig(max_concurrency=0)
+    with pytest.raises(ValueError, match=r"train\.epochs = 'two': expected a number"):
+        TrainConfig(epochs="two")
+
+
+def test_exponent_without_a_dot_is_a_float(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  lr: 3e-4\n  epochs: 1\nteacher:\n  timeout_s: 2\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float) and isinstance(cfg.teacher.timeout_s, float)
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\ntrain:\n  lr: 0.1\n  epochs: [1, 2\nseed: 0\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}:5:") and "YAML syntax error" in msg
+
+
+def test_every_field_has_a_rule():
+    import dataclasses
+
+    from l2r_lib.config import RULES
+
+    def keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory):  # a nested section
+                yield from keys(f.default_factory, f"{f.name}.")
+            else:
+                yield prefix + f.name
+
+    assert sorted(keys(RunConfig)) == sorted(RULES)

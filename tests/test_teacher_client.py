@@ -1,9 +1,12 @@
 """The openai teacher against a fake OpenAI-compatible server on 127.0.0.1 (fast, no model):
-cache, retries under injected faults, failures, dry run, rate limit, and the API key."""
+cache, retries under injected faults, failures, dry run, rate limit, the API key, unusable
+answers, the deadline, usage of abandoned requests and a damaged cache."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 import time
 
 import pytest
@@ -12,7 +15,7 @@ from fault_proxy import FAULTS, FaultProxy
 from l2r_lib.config import TeacherConfig
 from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher
-from l2r_lib.teacher_cache import TeacherCache
+from l2r_lib.teacher_cache import CacheDamagedError, TeacherCache
 from l2r_lib.teacher_client import RateLimiter, TeacherRequestError
 from l2r_lib.teacher_data import save_round
 from teacher_fixtures import DUMMY_KEY, files_containing
@@ -38,8 +41,22 @@ def _cfg(url: str, **kw) -> TeacherConfig:
     return TeacherConfig(**{**base, **kw})
 
 
-def _teacher(url: str, cache, **kw):
-    return build_teacher(_cfg(url, **kw), "synthetic", cache, progress=False)
+def _teacher(url: str, cache, scope: str = "", **kw):
+    return build_teacher(_cfg(url, **kw), "synthetic", cache, progress=False, scope=scope)
+
+
+@pytest.fixture
+def scripted():
+    """A fake server whose i-th request gets the i-th scripted fault (set ``.script`` first)."""
+    proxies = []
+
+    def start(script, **kw):
+        proxies.append(FaultProxy(upstream=None, latency_s=0.01, script=script, **kw).start())
+        return proxies[-1]
+
+    yield start
+    for p in proxies:
+        p.stop()
 
 
 def test_second_run_sends_no_request(fake, tmp_path):
@@ -61,6 +78,9 @@ def test_faults_are_retried_and_usage_counts_only_stored_responses(tmp_path):
     assert len(records) == len(EXAMPLES) and _stored(tmp_path / "c.sqlite") == len(EXAMPLES)
     assert set(s.faults) == set(FAULTS) and u.retries == sum(s.faults.values())
     assert u.requests == s.ok == len(EXAMPLES)
+    # what the server may have billed besides the answers: rejected bodies, and requests given up on
+    assert u.failed_after_response == s.faults["garbage"]
+    assert u.abandoned == s.faults["timeout"] + s.faults["drop"]
     assert (u.prompt_tokens, u.completion_tokens) == (s.prompt_tokens, s.completion_tokens)
 
 
@@ -142,3 +162,127 @@ def test_complete_works_inside_a_running_event_loop(fake, tmp_path):
 
     assert len(asyncio.run(in_notebook())) == 3
 
+
+
+@pytest.mark.parametrize("bad", ["empty", "whitespace", "refusal"])
+def test_unusable_answers_are_retried_and_never_cached(scripted, tmp_path, bad):
+    server = scripted([bad, bad])
+    teacher = _teacher(server.url, tmp_path / "c.sqlite", max_retries=3)
+    records = teacher.rationales(EXAMPLES[:3], 1)
+    assert all(r.raw.strip() for r in records) and server.stats.received == 5
+    assert teacher.usage.failed_after_response == 2 and teacher.usage.retries == 2 and teacher.usage.requests == 3
+    with TeacherCache(tmp_path / "c.sqlite") as cache:
+        assert len(cache) == 3
+        assert all(cache.get(row["key"]).text.strip() for row in teacher.last_requests)
+
+
+def test_unusable_answers_that_never_improve_fail_and_are_not_cached(scripted, tmp_path):
+    server = scripted(["empty"] * 3)
+    with pytest.raises(TeacherRequestError, match="1 of 1 .*gave up after 3 attempts .*3 failed after a response"):
+        _teacher(server.url, tmp_path / "c.sqlite", max_retries=2).rationales(EXAMPLES[:1], 1)
+    assert _stored(tmp_path / "c.sqlite") == 0
+
+
+def test_timeout_is_a_deadline_for_a_trickling_server(scripted, tmp_path):
+    server = scripted(["trickle"], trickle_s=0.3)  # 40 bytes over 12 s, each well within a read timeout
+    start = time.monotonic()
+    with pytest.raises(TeacherRequestError, match="timeout_s=1 s.*1 abandoned"):
+        _teacher(server.url, tmp_path / "c.sqlite", timeout_s=1.0, max_retries=0, scope="s").rationales(EXAMPLES[:1], 1)
+    assert time.monotonic() - start < 4.0
+    with TeacherCache(tmp_path / "c.sqlite") as cache:
+        assert cache.usage("s")["abandoned"] == 1 and len(cache) == 0
+
+
+def test_a_hang_past_the_deadline_is_retried_and_counted_as_abandoned(scripted, tmp_path):
+    server = scripted(["timeout"], timeout_delay_s=10.0)
+    start = time.monotonic()
+    teacher = _teacher(server.url, tmp_path / "c.sqlite", timeout_s=1.0, max_retries=1, scope="tailored/x/round-1")
+    records = teacher.rationales(EXAMPLES[:1], 1)
+    assert len(records) == 1 and time.monotonic() - start < 6.0
+    assert (teacher.usage.requests, teacher.usage.abandoned, teacher.usage.retries) == (1, 1, 1)
+    billed = teacher.stage_usage()  # read back from the cache, as the pipeline reports it
+    assert (billed.requests, billed.abandoned) == (1, 1)
+
+
+def test_usage_of_a_failed_call_is_not_lost(scripted, tmp_path):
+    """A call that fails after paid answers: a rerun's stage usage still counts them."""
+    server = scripted([None] * 4 + ["500"] * 10)
+    with pytest.raises(TeacherRequestError):
+        _teacher(server.url, tmp_path / "c.sqlite", max_retries=0, max_concurrency=1, scope="s").rationales(EXAMPLES[:6], 1)
+    server.script = []
+    again = _teacher(server.url, tmp_path / "c.sqlite", max_retries=0, scope="s")
+    again.rationales(EXAMPLES[:6], 1)
+    assert again.usage.requests == 2 and again.usage.cache_hits == 4
+    assert again.stage_usage().requests == 6  # the 4 paid by the failed call included
+
+
+def test_a_401_echoing_the_key_is_not_retried_and_the_key_is_masked(scripted, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
+    server = scripted(["401"])
+    with pytest.raises(TeacherRequestError) as err:
+        _teacher(server.url, tmp_path / "run" / "c.sqlite", max_retries=6).rationales(EXAMPLES[:1], 1)
+    message = str(err.value)
+    assert server.stats.received == 1 and "HTTP 401" in message and "1 attempt: not retryable" in message
+    assert "6 retries" not in message and DUMMY_KEY not in message and "[REDACTED]" in message
+    assert err.value.__cause__ is None and err.value.__context__ is None  # no chained endpoint error
+    assert files_containing(tmp_path, DUMMY_KEY) == []
+
+
+def test_an_unreachable_endpoint_says_how_long_it_tried(tmp_path):
+    from teacher_fixtures import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with pytest.raises(TeacherRequestError, match=r"failed within \d+\.\d s .*Connect.*gave up after 2 attempts") as err:
+        _teacher(url, tmp_path / "c.sqlite", max_retries=1).rationales(EXAMPLES[:1], 1)
+    assert "0 abandoned" in str(err.value)  # never sent: nothing to bill
+
+
+def test_an_empty_cache_file_is_a_one_line_error_and_left_alone(fake, tmp_path):
+    path = tmp_path / "teacher_cache.sqlite"
+    path.write_bytes(b"")
+    with pytest.raises(CacheDamagedError) as err:
+        _teacher(fake.url, path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value) and "0 bytes" in str(err.value)
+    assert path.stat().st_size == 0 and fake.stats.received == 0
+
+
+def test_a_garbage_cache_file_is_a_one_line_error_with_the_recovery_command(fake, tmp_path):
+    path = tmp_path / "teacher_cache.sqlite"
+    junk = bytes(range(256)) * 64
+    path.write_bytes(junk)
+    with pytest.raises(CacheDamagedError) as err:
+        _teacher(fake.url, path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "not a database" in msg and f"sqlite3 '{path}' .dump | sqlite3 '{path}.recovered'" in msg
+    assert path.read_bytes() == junk
+
+
+def test_the_cache_file_alone_holds_every_answer_after_a_call(fake, tmp_path):
+    teacher = _teacher(fake.url, tmp_path / "c.sqlite")
+    teacher.rationales(EXAMPLES[:20], 1)
+    wal = tmp_path / "c.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    shutil.copy(tmp_path / "c.sqlite", tmp_path / "copy.sqlite")  # what git would commit: no -wal beside it
+    with sqlite3.connect(tmp_path / "copy.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 20
+
+
+def test_a_damaged_page_is_one_line_and_its_command_recovers_the_answers(fake, tmp_path):
+    import os
+    import subprocess
+
+    path = tmp_path / "teacher_cache.sqlite"
+    _teacher(fake.url, path).rationales(EXAMPLES[:40], 1)
+    data = bytearray(path.read_bytes())
+    data[2 * 4096:3 * 4096] = os.urandom(4096)  # page 3: the first page of the responses' rows
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheDamagedError) as err:
+        TeacherCache(path)
+    msg = str(err.value)
+    assert "\n" not in msg and path.read_bytes() == bytes(data)
+    if shutil.which("sqlite3") is None:
+        pytest.skip("no sqlite3 command to try the recovery with")
+    command = msg.split("`")[1]
+    subprocess.run(command, shell=True, check=True, timeout=60)
+    with TeacherCache(tmp_path / "teacher_cache.sqlite.recovered") as cache:
+        assert 0 < len(cache) <= 40

@@ -88,6 +88,9 @@ def test_30_percent_faults_all_200_complete_each_stored_once(llama_url, tmp_path
     assert u.requests == s.ok == 200
     assert (u.prompt_tokens, u.completion_tokens) == (s.prompt_tokens, s.completion_tokens)
     assert u.retries == sum(s.faults.values()) + s.abandoned  # abandoned: a real answer slower than the timeout
+    # may have been billed without an answer: hangs and drops the client gave up on, and garbage bodies
+    assert u.abandoned == s.faults["timeout"] + s.faults["drop"] + s.abandoned
+    assert u.failed_after_response == s.faults["garbage"]
 
 
 def test_sigkilled_run_resumes_sending_only_the_unanswered(proxy, tmp_path):

@@ -1,0 +1,136 @@
+"""Whole runs under faults, through the CLI: two runs on one --out, a refusing endpoint that
+echoes the key. A tiny student, the synthetic task and a fake teacher server on 127.0.0.1; each
+run stops after its teacher stage (killed, or failing), so the tests take seconds, not minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from fault_proxy import FaultProxy
+from l2r_lib import pipeline, run_lock
+from teacher_fixtures import DUMMY_KEY, files_containing
+
+TRAIN = 6  # teacher prompts of a run
+
+
+def _params(tmp_path, url: str, **teacher) -> str:
+    params = {
+        "name": "reliability", "tasks": ["synthetic"], "methods": ["std-cot"], "rounds": 1,
+        "train_limit": TRAIN, "test_limit": 4,
+        "student": {"name": "tiny", "chat": False}, "exam": {"max_new_tokens": 8, "batch_size": 4},
+        "teacher": {"kind": "openai", "model": "fake", "base_url": url, "max_tokens": 16, **teacher},
+        "train": {"epochs": 1, "batch_size": 2, "max_length": 128, "lora_r": 4, "lora_alpha": 8},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def _cmd(params: str, out) -> list[str]:
+    return [sys.executable, "-m", "l2r_lib.cli", "run", params, "--out", str(out)]
+
+
+def _env(data_dir) -> dict:
+    return {**os.environ, "OPENAI_API_KEY": DUMMY_KEY, "L2R_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+
+
+def _wait(condition, proc: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("l2r: error")]
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_nothing_is_paid_twice(tmp_path, data_dir):
+    server = FaultProxy(upstream=None, latency_s=1.0).start()  # 1 s a prompt, one at a time: the stage takes 6 s
+    run_dir = tmp_path / "run"
+    params = _params(tmp_path, server.url, max_concurrency=1)
+    first = subprocess.Popen(_cmd(params, run_dir), env=_env(data_dir), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # its notebooks run under its lock: the teacher stage reaches the server
+        assert _wait(lambda: server.stats.received >= 1, first, 300), first.stderr and first.stderr.read()[-3000:]
+        start = time.monotonic()
+        second = subprocess.run(_cmd(params, run_dir), env=_env(data_dir), capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0 and time.monotonic() - start < 60
+        lines = _errors(second.stderr)
+        assert len(lines) == 1 and f"pid {first.pid} on host {socket.gethostname()}" in lines[0], second.stderr
+        with pytest.raises(run_lock.RunLockedError, match=f"pid {first.pid}"):  # a notebook opened by hand, too
+            pipeline.Round.open(run_dir / "config.yaml", "std-cot", "synthetic", 1, run_dir)
+        done = run_dir / "std-cot" / "synthetic" / "round-1" / "02_teacher_prompting.done.json"
+        assert _wait(done.is_file, first, 300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+        server.stop()
+    prompts = server.stats.prompts
+    assert len(prompts) == TRAIN and max(prompts.values()) == 1  # every prompt paid exactly once
+    usage = json.loads(done.read_text())
+    assert (usage["usage_requests"], usage["usage_failed_after_response"], usage["usage_abandoned"]) == (TRAIN, 0, 0)
+    run_lock.hold(run_dir)  # the killed holder left no stale lock
+    run_lock.release(run_dir)
+
+
+def test_a_refusing_endpoint_fails_the_stage_in_one_line_and_the_key_is_written_nowhere(tmp_path, data_dir):
+    server = FaultProxy(upstream=None, script=["401"] * 100).start()  # a 401 whose body echoes the key
+    run_dir = tmp_path / "run"
+    try:
+        res = subprocess.run(_cmd(_params(tmp_path, server.url, max_retries=6), run_dir), env=_env(data_dir),
+                             capture_output=True, text=True, timeout=400)
+    finally:
+        server.stop()
+    assert res.returncode != 0 and server.stats.received == TRAIN  # a 401 is not retried
+    nb = run_dir / "std-cot" / "synthetic" / "round-1" / "02_teacher_prompting.ipynb"
+    lines = _errors(res.stderr)
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert lines[0].startswith("l2r: error: stage 02_teacher_prompting of std-cot/synthetic/round-1 failed: "
+                               f"TeacherRequestError: {TRAIN} of {TRAIN} teacher requests")
+    assert lines[0].endswith(f"; see {nb}") and "HTTP 401" in lines[0] and "not retryable" in lines[0]
+    assert "6 retries" not in lines[0] and nb.is_file()
+    assert DUMMY_KEY not in res.stderr + res.stdout and files_containing(run_dir, DUMMY_KEY) == []
+    # the notebook holds the error, masked
+    assert "[REDACTED]" in nb.read_text()
+
+
+def test_the_teacher_table_shows_every_outcome_that_may_be_billed():
+    import pandas as pd
+
+    from l2r_lib.evaluation import teacher_table
+
+    metrics = pd.DataFrame([{"method": "tailored", "task": "gsm8k", "round": 1, "teacher": "openai:x",
+                             "teacher_requests": 501, "teacher_failed_after_response": 3, "teacher_abandoned": 40,
+                             "teacher_kept": 400, "teacher_dropped": 101, "accuracy": 0.1}])
+    row = teacher_table(metrics).iloc[0]
+    assert (row["teacher_requests"], row["teacher_failed_after_response"], row["teacher_abandoned"]) == (501, 3, 40)
+
+
+def test_a_shared_round_1_does_not_bill_the_donors_requests_again(tmp_path):
+    from l2r_lib.config import load_config
+
+    cfg = load_config(overrides={"methods": ["tailored", "no-feedback"], "tasks": ["synthetic"]})
+    donor = pipeline.Round(cfg, tmp_path, "tailored", "synthetic", 1)
+    donor.dir.mkdir(parents=True)
+    billed = {"teacher_requests": 48, "teacher_abandoned": 2, "teacher_cost_usd": 0.5, "teacher_kept": 40}
+    (donor.dir / "metrics.json").write_text(json.dumps({"method": "tailored", "round": 1, **billed}))
+    shared = pipeline.Round(cfg, tmp_path, "no-feedback", "synthetic", 1)
+    pipeline.share_round1(shared, "tailored")
+    metrics = json.loads((shared.dir / "metrics.json").read_text())
+    assert metrics["shared_from"] == "tailored" and metrics["teacher_kept"] == 40  # trained on the same examples
+    assert (metrics["teacher_requests"], metrics["teacher_abandoned"], metrics["teacher_cost_usd"]) == (0, 0, 0)
+    assert [p.name for p in tmp_path.joinpath("no-feedback", "synthetic").iterdir()] == ["round-1"]  # no temp left

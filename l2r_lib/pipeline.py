@@ -46,7 +46,7 @@ class Round:
              run_dir: str | Path | None = None) -> "Round":
         """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new).
         Opened by hand, the notebook's kernel holds the run's lock until it shuts down."""
-        run_lock.enter(Path(run_dir) if run_dir else RESULTS_DIR / load_config(params).name)
+        run_lock.enter(Path(run_dir) if run_dir else paths.results_dir() / load_config(params).name)
         cfg, run_dir = prepare_run(params, run_dir)
         if method not in cfg.methods or task not in cfg.tasks:
             raise ValueError(f"method {method!r} / task {task!r} not in {params} (methods {cfg.methods}, tasks {cfg.tasks})")
@@ -351,7 +351,7 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
 
     from .evaluation import write_tables
 
-    run_lock.hold(Path(out) if out else RESULTS_DIR / load_config(params).name, for_children=True)
+    run_lock.hold(Path(out) if out else paths.results_dir() / load_config(params).name, for_children=True)
     cfg, run_dir = prepare_run(params, out)
     config_path = run_dir / "config.yaml"
     for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task

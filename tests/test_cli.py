@@ -86,11 +86,12 @@ def test_a_split_with_no_questions_is_an_error_not_zero_of_zero(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(f'{{"question": "q{i}", "answer": {i}, "split": "train"}}\n' for i in range(3)))
     line = _one_error_line(run("exam", "--task", f"jsonl:{path}", "--student", "tiny"))
-    assert "no test questions" in line
+    assert "mine.jsonl" in line and "no 'test' examples" in line
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     params = _params(tmp_path, TINY.replace("[synthetic]", f"['jsonl:{empty}']"))
-    assert "no train questions" in _one_error_line(run("run", params, "--out", str(tmp_path / "out")))
+    line = _one_error_line(run("run", params, "--out", str(tmp_path / "out")))
+    assert "empty.jsonl" in line and "no examples" in line
 
 
 @pytest.mark.parametrize("text,needle", [

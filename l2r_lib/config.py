@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-METHODS = ("tailored", "std-cot", "no-reflection", "no-feedback", "std-cot-matched")
+from .methods import METHODS  # the one table of methods (l2r_lib/methods.py)
 
 
 @dataclass
@@ -25,29 +25,38 @@ class StudentConfig:
     load_in_4bit: bool = False  # NF4 via bitsandbytes: QLoRA on a GPU (also runs on a CPU)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     chat: bool = True  # use the tokenizer's chat template (instruct students)
-    num_demos: int = 0  # worked demos before the question, in exam and training alike
+    # worked demos before the question, in exam and training alike (l2r's own, prompts.DEMOS); the official
+    # code uses 3 (GSM8K, SVAMP, MultiArith), 4 (StrategyQA), 5 (CSQA)
+    num_demos: int = 0
 
 
 @dataclass
 class ExamConfig:
     max_new_tokens: int = 160  # rationale + answer line
     batch_size: int = 32  # larger batches are faster on a CPU too (64 questions: batch 64 is 1.4x batch 16)
-    num_samples: int = 1  # >1: sample k answers per question (the paper: 4 on the train set)
-    temperature: float = 0.7  # used only when num_samples > 1
+    num_samples: int = 1  # >1: sample k answers per question (the paper: 4 on the train set, every wrong one kept)
+    temperature: float = 0.7  # used only when num_samples > 1 (the official code: 1.0)
     limit: int | None = None  # first N questions of the split (None: all)
     # generate this many tokens, then drop the rows that have answered (from the batch and KV cache)
     chunk_tokens: int = 16
+    top_k: int | None = None  # sampling from the k most likely tokens (the official code: 50); None: off
 
     def __post_init__(self):
+        _check(self.top_k is None or self.top_k >= 1, "exam.top_k", self.top_k, "must be >= 1 or null (off)")
         _check(self.max_new_tokens > 0, "exam.max_new_tokens", self.max_new_tokens, "must be > 0")
         _check(self.chunk_tokens > 0, "exam.chunk_tokens", self.chunk_tokens, "must be > 0")
         _check(self.batch_size > 0, "exam.batch_size", self.batch_size, "must be > 0")
         _check(self.num_samples >= 1, "exam.num_samples", self.num_samples, "must be >= 1")
 
 
+TEACHER_KINDS = ("openai", "replay", "reference", "replay+reference")
+
+
 @dataclass
 class TeacherConfig:
-    kind: str = "replay"  # openai (any OpenAI-compatible endpoint) | replay (recorded) | reference (gold)
+    # openai (any OpenAI-compatible endpoint) | replay (recorded) | reference (gold) |
+    # replay+reference (the recorded rationale, then n - 1 reference rationales; feedback: reference's)
+    kind: str = "replay"
     feedback_kind: str | None = None  # teacher for feedback rounds; None: same as `kind`
     model: str = "gpt-3.5-turbo"  # endpoint model name (openai kind)
     base_url: str | None = None  # None: $OPENAI_BASE_URL or OpenAI; the key only from $OPENAI_API_KEY
@@ -56,7 +65,7 @@ class TeacherConfig:
     tokens_per_minute: int = 200_000
     max_retries: int = 6
     timeout_s: float = 60.0
-    n: int = 1  # samples per question
+    n: int = 1  # samples per prompt; reference writes n distinct equivalent rationales (>= 2: round 1 has triplet rows)
     temperature: float = 0.0
     max_tokens: int = 512
     show_gold: bool = False  # show the gold answer in the feedback prompt
@@ -66,7 +75,7 @@ class TeacherConfig:
     replay_path: str | None = None  # replay kind: None: <data_dir>/recorded_teacher/<task>.*.jsonl
 
     def __post_init__(self):
-        kinds = ("openai", "replay", "reference")
+        kinds = TEACHER_KINDS
         _check(self.kind in kinds, "teacher.kind", self.kind, f"must be one of {kinds}")
         _check(self.feedback_kind in (None, *kinds), "teacher.feedback_kind", self.feedback_kind, f"must be one of {kinds}")
 
@@ -74,7 +83,9 @@ class TeacherConfig:
         """Who wrote the rationales, for captions: table readers must not mistake an offline teacher for a live one."""
         def one(kind: str) -> str:
             return {"replay": "'replay' (the recorded text-davinci-002 Zero-shot-CoT rationales)",
-                    "reference": "'reference' (built from the gold annotations: no LLM)"}.get(kind, f"'{kind}' ({self.model})")
+                    "reference": "'reference' (built from the gold annotations: no LLM)",
+                    "replay+reference": "'replay+reference' (the recorded text-davinci-002 rationale plus rationales "
+                                        "built from the gold annotations)"}.get(kind, f"'{kind}' ({self.model})")
         return f"round 1 by {one(self.kind)}, feedback rounds by {one(self.feedback_kind or self.kind)}"
 
 
@@ -114,7 +125,8 @@ class TrainConfig:
 class RunConfig:
     name: str = "default"  # run directory: results/<name>/
     tasks: list[str] = field(default_factory=lambda: ["multiarith"])
-    methods: list[str] = field(default_factory=lambda: ["tailored"])  # tailored | std-cot | no-reflection | no-feedback | std-cot-matched
+    # tailored | std-cot | no-reflection | no-feedback | no-feedback-no-reflection | no-feedback-random | std-cot-matched
+    methods: list[str] = field(default_factory=lambda: ["tailored"])  # declared in l2r_lib/methods.py
     rounds: int = 2  # training rounds of the multi-round methods (std-cot always trains one)
     share_round1: bool = True  # methods whose round 1 is the same computation run it once (see pipeline)
     data_dir: str | None = None  # None: $L2R_DATA_DIR, else the Hugging Face Hub
@@ -128,7 +140,7 @@ class RunConfig:
 
     def __post_init__(self):
         for m in self.methods:
-            _check(m in METHODS, "methods", m, f"each must be one of {METHODS}")
+            _check(m in METHODS, "methods", m, f"each must be one of {tuple(METHODS)}")
         _check(len(self.methods) > 0 and len(set(self.methods)) == len(self.methods), "methods", self.methods,
                "must be a non-empty list without repeats")
         _check(self.rounds >= 1, "rounds", self.rounds, "must be >= 1")

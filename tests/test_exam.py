@@ -51,6 +51,21 @@ def test_exam_mechanics_on_a_tiny_model(tmp_path):
     assert (tmp_path / "exam.summary.json").is_file()
 
 
+def test_top_k_reaches_generate_and_each_question_gets_k_samples():
+    """Sampling from the top-1 token is greedy decoding: the k samples agree with the greedy answer.
+    Without top-k they differ (a random tiny model spreads its probability over the vocabulary)."""
+    model, tok = build_tiny_student(), load_tokenizer()
+    examples = load_examples("synthetic", "test")[:4]
+    greedy = run_exam(model, tok, examples, "synthetic", ExamConfig(max_new_tokens=8), progress=False)
+    top1 = run_exam(model, tok, examples, "synthetic",
+                    ExamConfig(max_new_tokens=8, num_samples=3, temperature=1.0, top_k=1), progress=False)
+    assert all(len(r.completions) == 3 for r in top1.records)
+    assert [r.completions for r in top1.records] == [g.completions * 3 for g in greedy.records]
+    free = run_exam(model, tok, examples, "synthetic",
+                    ExamConfig(max_new_tokens=8, num_samples=3, temperature=1.0), progress=False)
+    assert any(len(set(r.completions)) > 1 for r in free.records)
+
+
 def test_batched_exam_matches_one_at_a_time_on_smollm2(smollm2, data_dir):
     """Padding and batching must not change what the real student answers."""
     model, tok = smollm2

@@ -295,33 +295,40 @@ def _covers(values: list[float], have: list[float]) -> bool:
 def mend_rationale(wrong: str, gold: str) -> str:
     """The student's rationale mended toward the gold solution.
 
-    The student's sentences are kept while each computes (``... = number``), has no false
-    ``a op b = c`` step and computes only values the gold solution computes; at the first that
-    does not, its first false step is written corrected when the gold also computes the corrected
-    value. Then come the gold sentences that compute something not yet computed, and the gold's
-    prose after the last gold sentence already covered. The student's sentences without a
-    computation cannot be checked, so they are dropped."""
+    The student's sentences are kept while each is arithmetically true and takes the gold
+    solution's steps in the gold's order (what it computes is the gold's, and the gold sentences
+    it completes are the next ones); at the first that does not, its first false step is written
+    corrected when the corrected value is the gold's next step. The gold sentences after the last
+    one completed finish the rationale. The student's sentences without a computation cannot be
+    checked, so they are dropped."""
     gold_sentences = sentences(gold)
     gold_values = computed_results(gold)
+    steps = [i for i, sentence in enumerate(gold_sentences) if computed_results(sentence)]
+
+    def done_in_order(have: list[float]) -> int | None:
+        """How many of the gold's computing sentences ``have`` completes, or None when not a prefix of them."""
+        done = [_covers(computed_results(gold_sentences[i]), have) for i in steps]
+        n = done.index(False) if False in done else len(done)
+        return None if any(done[n:]) else n
+
     kept, have = [], []
     for sentence in sentences(wrong):
-        results = computed_results(sentence)
-        if not results:
+        if done_in_order(have) == len(steps):
+            break
+        results, step = computed_results(sentence), first_wrong_step(sentence)
+        if not results and step is None:
             continue
-        step = first_wrong_step(sentence)
-        if step is None and _covers(results, gold_values):
-            kept.append(sentence)
+        if step is None and _covers(results, gold_values) and done_in_order(have + results) is not None:
+            kept.append(sentence if sentence.endswith((".", "!", "?")) else sentence + ".")
             have += results
             continue
-        if step is not None and _covers([step[1]], gold_values):
+        if (step is not None and _covers([step[1]], gold_values) and not _covers([step[1]], have)
+                and done_in_order(have + [step[1]]) is not None):
             kept.append(f"{step[0].rsplit('=', 1)[0].strip()} = {_fmt(step[1])}.")
             have.append(step[1])
         break
-    covered = [i for i, s in enumerate(gold_sentences) if computed_results(s) and _covers(computed_results(s), have)]
-    last = covered[-1] if covered else -1
-    rest = [s for i, s in enumerate(gold_sentences)
-            if (computed_results(s) and not _covers(computed_results(s), have)) or (not computed_results(s) and i > last)]
-    return " ".join(kept + rest)
+    n = done_in_order(have)
+    return " ".join(kept + gold_sentences[steps[n - 1] + 1 if n else 0:])
 
 
 def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:

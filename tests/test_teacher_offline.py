@@ -175,6 +175,13 @@ def test_mend_keeps_a_right_rationale_whose_answer_line_contradicts_it():
     assert mend_rationale("No sums here.", "Facts. More facts.") == "Facts. More facts."
 
 
+def test_mend_keeps_only_steps_taken_in_the_golds_order_and_stops_when_done():
+    gold = "32 + 42 = 74. 74 - 35 = 39."
+    assert mend_rationale("74 - 35 = 39.", gold) == gold  # a later step first: the gold's order wins
+    assert mend_rationale("So 32 + 42 = 74\nthen 74 - 35 = 39\nand 39 - 1 = 40", gold) == "So 32 + 42 = 74. then 74 - 35 = 39."
+    assert mend_rationale("29 - 17 = 12 left. Doug had 29 - 17 = 13.", "29 - 17 = 12.") == "29 - 17 = 12 left."
+
+
 def test_mistakes_from_exam_pairs_wrong_rationales_with_their_answers():
     ex = Example("q1", "Q?", "7")
     exam = ExamRecord("q1", "Q?", "7", "p", ["a", "b", "a", "c"], ["1", "7", "1", None], [False, True, False, False])

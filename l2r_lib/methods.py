@@ -11,8 +11,8 @@ the same ``reflection`` share one round 1 (``RunConfig.share_round1``).
 The 2x2 of feedback x self-reflection on the same mistaken questions is ``tailored``,
 ``no-reflection``, ``no-feedback`` (the paper's ablation) and ``no-feedback-no-reflection``;
 ``no-feedback-random`` and ``std-cot-matched`` draw random questions instead. Runs made before
-this table existed (``results/miniature``, ``results/default``) used the name ``no-feedback`` for
-what is now ``no-feedback-random``.
+this table existed (``results/miniature``) used the name ``no-feedback`` for what is now
+``no-feedback-random``; a run's ``manifest.json`` records what each of its method names meant.
 """
 
 from __future__ import annotations

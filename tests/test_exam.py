@@ -95,3 +95,25 @@ def test_wrong_rationales_are_distinct():
     rec = ExamRecord("q", "Q?", "4", "p", ["a", "a", "b", "c"], ["3", "3", "4", "5"], [False, False, True, False])
     assert rec.wrong_rationales() == ["a", "c"]
     assert not rec.solved
+
+
+def test_own_demos_come_in_the_official_numbers_and_agree_with_their_answers():
+    from l2r_lib.answers import extract_answer
+    from l2r_lib.config import load_config
+    from l2r_lib.evaluation import last_computed_result
+    from l2r_lib.prompts import demos_for
+    from l2r_lib.tasks import get_task
+
+    from conftest import REPO
+
+    for task, n in (("gsm8k", 3), ("svamp", 3), ("multiarith", 3), ("strategyqa", 4), ("csqa", 5)):
+        demos = demos_for(task, n)
+        assert len({d.question for d in demos}) == n
+        assert load_config(REPO / "params" / "paper" / f"{task}.yaml").student.num_demos == n
+        kind = get_task(task).answer_kind
+        for d in demos:
+            assert extract_answer(format_target(d.rationale, d.answer), kind) == d.answer
+            if kind == "number":
+                assert last_computed_result(d.rationale) == float(d.answer)
+    prompt = build_prompt("Q?", demos=demos_for("strategyqa", 4))
+    assert prompt.count("Question:") == 5 and prompt.endswith("Question: Q?\nReasoning:")

@@ -163,3 +163,18 @@ def claims(text: str) -> list[Claim]:
 def first_false_claim(text: str) -> Claim | None:
     """The first arithmetic step in ``text`` that is false, or None when every step holds."""
     return next((c for c in claims(text) if not c.holds), None)
+
+
+# "... = 74", "= $5"; not "x = 14 * 2 = 28"'s 14 (a number that an operator continues is no result)
+RESULT_RE = re.compile(r"=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)(?![.,]?\d)(?!\s*[-+*/x×÷]\s*\(?\$?\d)")
+
+
+def computed_results(rationale: str) -> list[float]:
+    """Every number a rationale computes: the number right after each ``=``, in order."""
+    return [float(m.group(1).replace(",", "")) for m in RESULT_RE.finditer(rationale)]
+
+
+def last_computed_result(rationale: str) -> float | None:
+    """The rationale's last computed result (the last ``... = number``), or None when it computes nothing."""
+    results = computed_results(rationale)
+    return results[-1] if results else None

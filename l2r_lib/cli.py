@@ -126,9 +126,9 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
     cfg.tasks = list(dict.fromkeys(FALLBACK_TASK if t in unreachable else t for t in cfg.tasks))
     cfg.name = f"{cfg.name}-{FALLBACK_TASK}"
     # nothing was recorded for the synthetic task: its gold rationales teach instead
-    if cfg.teacher.kind == "replay":
+    if cfg.teacher.kind in ("replay", "replay+reference"):
         cfg.teacher.kind = "reference"
-    if cfg.teacher.feedback_kind == "replay":
+    if cfg.teacher.feedback_kind in ("replay", "replay+reference"):
         cfg.teacher.feedback_kind = "reference"
     path = (out or paths.results_dir() / cfg.name) / "params.fallback.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

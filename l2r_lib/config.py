@@ -21,8 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from . import paths
-
-METHODS = ("tailored", "std-cot", "no-reflection", "no-feedback", "std-cot-matched")
+from .methods import METHODS  # the one table of methods (l2r_lib/methods.py)
 
 
 @dataclass
@@ -31,7 +30,9 @@ class StudentConfig:
     load_in_4bit: bool = False  # NF4 via bitsandbytes: QLoRA on a GPU (also runs on a CPU)
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     chat: bool = True  # use the tokenizer's chat template (instruct students)
-    num_demos: int = 0  # worked demos before the question, in exam and training alike
+    # worked demos before the question, in exam and training alike (l2r's own, prompts.DEMOS); the official
+    # code uses 3 (GSM8K, SVAMP, MultiArith), 4 (StrategyQA), 5 (CSQA)
+    num_demos: int = 0
 
     def __post_init__(self):
         _validate(self, "student")
@@ -41,19 +42,25 @@ class StudentConfig:
 class ExamConfig:
     max_new_tokens: int = 160  # rationale + answer line
     batch_size: int = 32  # larger batches are faster on a CPU too (64 questions: batch 64 is 1.4x batch 16)
-    num_samples: int = 1  # >1: sample k answers per question (the paper: 4 on the train set)
-    temperature: float = 0.7  # used only when num_samples > 1
+    num_samples: int = 1  # >1: sample k answers per question (the paper: 4 on the train set, every wrong one kept)
+    temperature: float = 0.7  # used only when num_samples > 1 (the official code: 1.0)
     limit: int | None = None  # first N questions of the split (None: all)
     # generate this many tokens, then drop the rows that have answered (from the batch and KV cache)
     chunk_tokens: int = 16
+    top_k: int | None = None  # sampling from the k most likely tokens (the official code: 50); None: off
 
     def __post_init__(self):
         _validate(self, "exam")
 
 
+TEACHER_KINDS = ("openai", "replay", "reference", "replay+reference")
+
+
 @dataclass
 class TeacherConfig:
-    kind: str = "replay"  # openai (any OpenAI-compatible endpoint) | replay (recorded) | reference (gold)
+    # openai (any OpenAI-compatible endpoint) | replay (recorded) | reference (gold) |
+    # replay+reference (the recorded rationale, then n - 1 reference rationales; feedback: reference's)
+    kind: str = "replay"
     feedback_kind: str | None = None  # teacher for feedback rounds; None: same as `kind`
     model: str = "gpt-3.5-turbo"  # endpoint model name (openai kind)
     base_url: str | None = None  # None: $OPENAI_BASE_URL or OpenAI; the key only from $OPENAI_API_KEY
@@ -62,7 +69,7 @@ class TeacherConfig:
     tokens_per_minute: int = 200_000
     max_retries: int = 6  # of an attempt that failed on 429, 408/409, 5xx, the deadline, a lost connection or an unusable answer
     timeout_s: float = 60.0  # deadline for a whole request (connect to last byte), however slowly the server answers
-    n: int = 1  # samples per question
+    n: int = 1  # samples per prompt; reference writes n distinct equivalent rationales (>= 2: round 1 has triplet rows)
     temperature: float = 0.0
     max_tokens: int = 512
     show_gold: bool = False  # show the gold answer in the feedback prompt
@@ -78,7 +85,9 @@ class TeacherConfig:
         """Who wrote the rationales, for captions: table readers must not mistake an offline teacher for a live one."""
         def one(kind: str) -> str:
             return {"replay": "'replay' (the recorded text-davinci-002 Zero-shot-CoT rationales)",
-                    "reference": "'reference' (built from the gold annotations: no LLM)"}.get(kind, f"'{kind}' ({self.model})")
+                    "reference": "'reference' (built from the gold annotations: no LLM)",
+                    "replay+reference": "'replay+reference' (the recorded text-davinci-002 rationale plus rationales "
+                                        "built from the gold annotations)"}.get(kind, f"'{kind}' ({self.model})")
         return f"round 1 by {one(self.kind)}, feedback rounds by {one(self.feedback_kind or self.kind)}"
 
 
@@ -117,7 +126,8 @@ class TrainConfig:
 class RunConfig:
     name: str = "default"  # run directory: results/<name>/
     tasks: list[str] = field(default_factory=lambda: ["multiarith"])
-    methods: list[str] = field(default_factory=lambda: ["tailored"])  # tailored | std-cot | no-reflection | no-feedback | std-cot-matched
+    # tailored | std-cot | no-reflection | no-feedback | no-feedback-no-reflection | no-feedback-random | std-cot-matched
+    methods: list[str] = field(default_factory=lambda: ["tailored"])  # declared in l2r_lib/methods.py
     rounds: int = 2  # training rounds of the multi-round methods (std-cot always trains one)
     share_round1: bool = True  # methods whose round 1 is the same computation run it once (see pipeline)
     data_dir: str | None = None  # None: $L2R_DATA_DIR, else the Hugging Face Hub
@@ -174,7 +184,6 @@ ANY = Rule(lambda v: True, "")  # the type is the whole rule (flags, free text)
 NON_EMPTY = Rule(lambda v: len(v) > 0, "must not be empty")
 URL = Rule(lambda v: v.startswith(("http://", "https://")), "must start with http:// or https://")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-TEACHER_KINDS = ("openai", "replay", "reference")
 
 RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type allows it
     "name": NON_EMPTY, "tasks": NON_EMPTY, "methods": each_of(METHODS), "rounds": at_least(1),
@@ -184,6 +193,7 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "student.num_demos": at_least(0),
     "exam.max_new_tokens": above(0), "exam.batch_size": above(0), "exam.num_samples": at_least(1),
     "exam.temperature": at_least(0), "exam.limit": at_least(0), "exam.chunk_tokens": above(0),
+    "exam.top_k": at_least(1),
     "teacher.kind": one_of(*TEACHER_KINDS), "teacher.feedback_kind": one_of(*TEACHER_KINDS),
     "teacher.model": NON_EMPTY, "teacher.base_url": URL, "teacher.max_concurrency": above(0),
     "teacher.requests_per_minute": above(0), "teacher.tokens_per_minute": above(0),

@@ -7,6 +7,7 @@ of every run without running a model.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +42,28 @@ def error_type(record: ExamRecord, task: str, sample: int = 0) -> str | None:
     if first_false_claim(record.rationales[sample]):
         return "false arithmetic step"
     return "wrong answer, no false step found"
+
+
+def contradicts_last_step(rationale: str, answer: str | None) -> bool | None:
+    """Does the answer line disagree with the rationale's last computed result ("85 - 84 = 1. Answer: 85")?
+    None when there is nothing to compare (no answer, no computed result, an answer that is no number)."""
+    last = arithmetic.last_computed_result(rationale)
+    try:
+        value = float(answer) if answer is not None else None
+    except ValueError:
+        value = None
+    if last is None or value is None:
+        return None
+    return not math.isclose(value, last, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def contradiction_stats(records: list[ExamRecord]) -> dict:
+    """Over every (rationale, answer) of an exam: how many answer lines contradict the rationale's last
+    computed result, of those that can be compared, and the rate (None when none can)."""
+    verdicts = [contradicts_last_step(r, a) for e in records for r, a in zip(e.rationales, e.answers)]
+    compared = [v for v in verdicts if v is not None]
+    return {"contradictions": sum(compared), "contradiction_compared": len(compared),
+            "contradiction_rate": sum(compared) / len(compared) if compared else None}
 
 
 def error_table(records: list[ExamRecord], task: str) -> pd.DataFrame:
@@ -152,6 +175,36 @@ def paper_table(intervals: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def triplet_rows(round_dir: str | Path) -> int | None:
+    """Training rows of a round that the triplet loss used: with an anchor, a positive and a negative
+    (``train_config.yaml``), 0 when the round trained without self-reflection; None if unknown."""
+    import yaml
+
+    path = Path(round_dir) / "train_config.yaml"
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text()) or {}
+    if saved.get("use_reflection") is False:
+        return 0
+    value = saved.get("rows_with_triplet")
+    return int(value) if value is not None else None
+
+
+def diagnostics_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per method, task and round: the training rows that had a triplet, and how often the test answers
+    contradict their rationale's last computed result (read from the saved round files, so old runs get it too)."""
+    rows = []
+    for row in metrics.sort_values(["method", "task", "round"]).to_dict("records"):
+        exam = Path(row["path"]) / "exam_test.jsonl"
+        stats = contradiction_stats(load_jsonl(ExamRecord, exam)) if exam.is_file() else {}
+        rate = stats.get("contradiction_rate")
+        rows.append({"method": row["method"], "task": row["task"], "round": row["round"],
+                     "rows_with_triplet": triplet_rows(row["path"]),
+                     "contradiction_pct": None if rate is None else round(100 * rate, 1),
+                     "contradictions": stats.get("contradictions"), "compared": stats.get("contradiction_compared")})
+    return pd.DataFrame(rows)
+
+
 def stage_seconds_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """Wall time (s) of each notebook stage per method, task and round (a shared round 1 shows
     its donor's times, marked in ``shared_from``)."""
@@ -187,6 +240,9 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
         ("intervals", intervals, "Teacher examples trained on (all rounds); test accuracy (%) after "
          "the last round with a bootstrap 95% interval over test questions (one seed), and the paired differences "
          f"to {', '.join(BASELINES)} on the same questions, with their intervals."),
+        ("diagnostics", diagnostics_table(metrics), "Training rows with a triplet (anchor, positive, negative) "
+         "per round, and test answers whose answer line contradicts the rationale's last computed result "
+         "(\"85 - 84 = 1. Answer: 85\"): % of the answers that state a number and compute one."),
         ("stage_seconds", stage_seconds_table(metrics), "Wall time (s) of each stage; a round 1 shared between "
          "methods ran once (shared_from)."),
     ]

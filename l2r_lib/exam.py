@@ -117,7 +117,8 @@ def generate_batch(
         n = min(cfg.chunk_tokens, cfg.max_new_tokens - steps)
         out = model.generate(
             input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=n,
-            do_sample=sampling, temperature=cfg.temperature if sampling else None, top_p=None, top_k=None,
+            do_sample=sampling, temperature=cfg.temperature if sampling else None, top_p=None,
+            top_k=cfg.top_k if sampling else None,  # None: no top-k filter
             stopping_criteria=StoppingCriteriaList([AnswerLineStop(tokenizer, prompt_len)]),
             pad_token_id=pad, return_dict_in_generate=True,
         )

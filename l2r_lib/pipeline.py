@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import paths, run_lock
 from .config import RunConfig, load_config, save_config
+from .methods import Method, get_method
 from .records import ExamRecord, TeacherRecord, load_jsonl
 from .tasks import Example, load_examples
 
@@ -64,17 +65,21 @@ class Round:
         return None if self.round_idx == 1 else self.round_dir(self.round_idx - 1) / "adapter"
 
     @property
+    def spec(self) -> Method:
+        return get_method(self.method)
+
+    @property
     def uses_reflection(self) -> bool:
-        return uses_reflection(self.method)
+        return self.spec.reflection
 
     @property
     def uses_feedback(self) -> bool:
-        return self.method in ("tailored", "no-reflection") and self.round_idx > 1
+        return self.spec.feedback and self.round_idx > 1
 
     @property
     def takes_exam(self) -> bool:
         """Self-reflection needs the student's wrong rationales; every later round needs its
-        mistakes (feedback is on them; the random arms draw as many questions as there were)."""
+        mistakes (the teacher is asked about them, or the random arms draw as many questions)."""
         return self.uses_reflection or self.round_idx > 1
 
     def examples(self, split: str) -> list[Example]:
@@ -124,7 +129,9 @@ def mistake_analysis(rnd: Round) -> dict:
     export_official_mistakes(result.records, rnd.dir / "mistakes_official.json")
     errors = error_table(result.records, rnd.task)
     errors.to_csv(rnd.dir / "error_types.csv", index=False)
-    return rnd.mark_done("01_mistake_analysis", result.summary(), started)
+    # the questions the teacher is asked about: any wrong sample (``mistakes`` counts the first sample's)
+    mistaken = sum(not all(r.correct) for r in result.records)
+    return rnd.mark_done("01_mistake_analysis", {**result.summary(), "mistaken_questions": mistaken}, started)
 
 
 def load_exam(rnd: Round, name: str = "exam_train") -> list[ExamRecord] | None:
@@ -133,21 +140,27 @@ def load_exam(rnd: Round, name: str = "exam_train") -> list[ExamRecord] | None:
 
 
 def _teacher_job(rnd: Round):
-    """(teacher, questions for rationale prompts, mistakes for feedback prompts) of this round."""
+    """(teacher, questions for rationale prompts, mistakes for feedback prompts) of this round.
+
+    Round 1: rationales for the train split. Later rounds, by the method's declaration: the
+    questions with any wrong exam sample (each wrong sample a feedback prompt, or the question
+    alone), or as many random train questions."""
     from .teacher import build_teacher, mistakes_from_exam
 
-    t, train = rnd.cfg.teacher, rnd.examples("train")
+    t, train, spec = rnd.cfg.teacher, rnd.examples("train"), rnd.spec
     cache = rnd.run_dir / "teacher_cache.sqlite"  # shared by methods and tasks: a prompt is paid once
     kind = t.kind if rnd.round_idx == 1 else (t.feedback_kind or t.kind)
     teacher = build_teacher(t, rnd.task, cache, kind=kind, data_dir=rnd.cfg.data_dir,
                             scope=f"{rnd.method}/{rnd.task}/round-{rnd.round_idx}")  # usage is logged per round
     if rnd.round_idx == 1:
         return teacher, train, []
-    wrong = [r for r in (load_exam(rnd) or []) if not r.correct[0]]
-    if rnd.uses_feedback:
-        return teacher, [], mistakes_from_exam(wrong, train, k=t.max_rationales)
-    # no-feedback, std-cot-matched: fresh rationales for as many random train questions as there were mistakes
-    return teacher, random.Random(rnd.cfg.seed + rnd.round_idx).sample(train, min(len(wrong), len(train))), []
+    mistaken = [r for r in (load_exam(rnd) or []) if not all(r.correct)]
+    if spec.questions == "random":
+        return teacher, random.Random(rnd.cfg.seed + rnd.round_idx).sample(train, min(len(mistaken), len(train))), []
+    if spec.feedback:
+        return teacher, [], mistakes_from_exam(mistaken, train, k=t.max_rationales)
+    by_id = {ex.id: ex for ex in train}
+    return teacher, [by_id[r.id] for r in mistaken], []
 
 
 def teacher_estimate(rnd: Round) -> dict:
@@ -209,6 +222,7 @@ def round_training(rnd: Round) -> dict:
 
 def evaluation(rnd: Round) -> dict:
     """04: test accuracy of this round's student; metrics.json feeds the run's tables."""
+    from .evaluation import contradiction_stats, triplet_rows
     from .exam import run_exam, save_exam
 
     if rnd.is_done("04_evaluation"):
@@ -234,6 +248,7 @@ def evaluation(rnd: Round) -> dict:
         "teacher_prompt_tokens": teacher.get("usage_prompt_tokens", 0),
         "teacher_completion_tokens": teacher.get("usage_completion_tokens", 0),
         "teacher_cost_usd": teacher.get("usage_cost_usd", 0.0),
+        "rows_with_triplet": triplet_rows(rnd.dir), **contradiction_stats(result.records),
         "seconds": {**stages, "04_evaluation": round(time.perf_counter() - started, 1)},
     }
     (rnd.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -253,20 +268,17 @@ def fixed_and_broken(rnd: Round) -> tuple[list[ExamRecord], list[ExamRecord]]:
 
 # --- the whole run --------------------------------------------------------------------------
 
-def uses_reflection(method: str) -> bool:
-    return method in ("tailored", "no-feedback")
-
-
 def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
     """An earlier method of the run whose finished round 1 is the same computation as ``method``'s.
 
-    Round 1 differs between methods only by self-reflection (feedback starts in round 2), so
-    tailored and no-feedback share one round 1, and std-cot and no-reflection another.
+    Round 1 differs between methods only by self-reflection (every method starts with plain
+    rationales for the train split), so methods with the same ``Method.reflection`` share one.
     """
     if not cfg.share_round1:
         return None
     for other in cfg.methods[: cfg.methods.index(method)]:
-        if uses_reflection(other) == uses_reflection(method) and Round(cfg, run_dir, other, task, 1).is_done("04_evaluation"):
+        if (get_method(other).reflection == get_method(method).reflection
+                and Round(cfg, run_dir, other, task, 1).is_done("04_evaluation")):
             return other
     return None
 
@@ -292,7 +304,7 @@ def share_round1(rnd: Round, donor: str) -> None:
 
 
 def rounds_of(cfg: RunConfig, method: str) -> int:
-    return 1 if method == "std-cot" else cfg.rounds
+    return cfg.rounds if get_method(method).multi_round else 1
 
 
 def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunConfig, Path]:
@@ -314,6 +326,7 @@ def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunC
         record.setdefault("extended", []).append({"params_file": str(params), "git_commit": _git_commit(),
                                                   "methods": cfg.methods, "tasks": cfg.tasks})
         record["config"] = cfg.to_dict()
+        record["method_declarations"] = {m: dataclasses.asdict(get_method(m)) for m in cfg.methods}
         (run_dir / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
         return cfg, run_dir
     save_config(cfg, config_path)
@@ -412,6 +425,7 @@ def manifest(cfg: RunConfig, params: str | Path) -> dict:
         "teacher_description": t.describe(),
         "git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
         "data_files": _data_hashes(cfg), "prompt_templates": templates(),
+        "method_declarations": {m: dataclasses.asdict(get_method(m)) for m in cfg.methods},
     }
 
 

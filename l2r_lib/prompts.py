@@ -24,7 +24,9 @@ SYSTEM_PROMPT = (
 REASONING_PREFIX = "Reasoning:"
 ANSWER_PREFIX = "Answer:"
 
-# Worked demonstrations, written for l2r (the paper's demos are not published).
+# Worked demonstrations, written for l2r. The official code publishes its own (fewshot_demos.py in
+# Raibows/Learn-to-Reason) but without a licence, so these are ours, as many as it uses per task:
+# 3 for the number tasks (GSM8K, SVAMP, MultiArith), 4 for StrategyQA (yes/no), 5 for CSQA (choice).
 DEMOS: dict[str, list[tuple[str, str, str]]] = {
     "number": [
         ("Tom has 3 bags with 4 oranges in each bag. He eats 2 oranges. How many oranges are left?",
@@ -41,12 +43,26 @@ DEMOS: dict[str, list[tuple[str, str, str]]] = {
         ("What do people usually do when they are tired? Answer Choices: (A) run (B) shout "
          "(C) sleep (D) cook (E) sing",
          "Being tired means needing rest. People rest by sleeping.", "C"),
+        ("What would you use to see the stars more closely? Answer Choices: (A) microscope (B) mirror "
+         "(C) telescope (D) window (E) camera",
+         "Stars are very far away. A telescope makes far away things look closer.", "C"),
+        ("Where does a farmer keep cows at night? Answer Choices: (A) barn (B) garage (C) kitchen "
+         "(D) library (E) office",
+         "Cows are farm animals that need shelter. On a farm, animals sleep in a barn.", "A"),
+        ("What happens to ice when it is left in the sun? Answer Choices: (A) it grows (B) it melts "
+         "(C) it freezes (D) it sings (E) it hardens",
+         "The sun warms the ice. Warm ice turns into water, which is melting.", "B"),
     ],
     "yesno": [
         ("Can a cat fit inside a teacup?",
          "An adult cat is about 45 cm long. A teacup holds a few centimetres. A cat is far larger than a teacup.", "no"),
         ("Is water wet at room temperature?",
          "At room temperature water is a liquid. Liquid water makes things it touches wet.", "yes"),
+        ("Could a person walk from London to New York?",
+         "London is in Europe and New York is in North America. The Atlantic Ocean lies between them, "
+         "and nobody can walk across an ocean.", "no"),
+        ("Does a year have more days than a month?",
+         "A month has at most 31 days. A year has 365 or 366 days, which is more than 31.", "yes"),
     ],
 }
 

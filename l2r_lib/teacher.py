@@ -21,22 +21,32 @@ the text. The kinds:
   rationale prompts were recorded, so ``feedback`` returns the recorded rationale with
   ``prompt_kind="rationale"`` (it is not feedback) and the student's rationale attached.
 - ``reference``: deterministic, from the data set's gold rationale (GSM8K solution, MultiArith
-  and SVAMP equation, StrategyQA explanation, synthetic rationale). Its feedback names the
-  student's first false ``a op b = c`` step when there is one. Name ``reference:gold``.
+  and SVAMP equation, StrategyQA explanation, synthetic rationale). With ``n >= 2`` it writes up
+  to ``n`` distinct equivalent rationales (``reference_rationales``: the operands of sums and
+  products swapped, the sentences as numbered steps). Its feedback depends on the mistake: it
+  names the student's first false ``a op b = c`` step and mends the student's rationale
+  (``mend_rationale``: its correct steps toward the gold kept, its first wrong step corrected,
+  the gold's remaining steps after). Name ``reference:gold``.
+- ``replay+reference``: the recorded rationale, then ``n - 1`` reference rationales (so round 1
+  has two positives a question with ``n: 2``); feedback is reference's. Each record names the
+  teacher that wrote it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from pathlib import Path
 
 from . import paths
-from .arithmetic import first_false_claim
+from .arithmetic import computed_results, first_false_claim
 from .config import TeacherConfig
 from .records import ExamRecord, TeacherRecord
 from .tasks import Example, get_task, read_jsonl
 from .teacher_cache import TeacherCache
 from .teacher_client import ChatClient, ChatRequest, CostEstimate, Usage
-from .teacher_data import make_record, mark_kept, normalize_question
+from .teacher_data import make_record, mark_kept, normalize_question, normalize_rationale
 from .teacher_prompts import feedback_messages, rationale_messages
 
 Mistake = tuple[Example, str, str | None]  # (question, the student's wrong rationale, its answer)
@@ -175,16 +185,48 @@ class ReferenceTeacher(Teacher):
         if not ex.rationale:
             raise ValueError(f"teacher.kind='reference' needs gold rationales, but {ex.id} ({self.task}) has none; "
                              f"use teacher.kind 'replay' or 'openai' for this task")
-        return f"Reasoning: {ex.rationale.strip()}\nAnswer: {ex.answer}"
+        return ex.rationale.strip()
 
     def _rationale_texts(self, examples: list[Example]) -> list[tuple[Example, str]]:
         self._record_usage(Usage(), [])
-        return [(ex, self._gold(ex)) for ex in examples]
+        return [(ex, f"Reasoning: {text}\nAnswer: {ex.answer}")
+                for ex in examples for text in reference_rationales(self._gold(ex), self.cfg.n)]
 
     def _feedback_texts(self, mistakes: list[Mistake]) -> list[tuple[Mistake, str, str]]:
         self._record_usage(Usage(), [])
-        return [((ex, wrong, answer), f"Mistake: {describe_mistake(wrong, answer, ex.answer)}\n{self._gold(ex)}", "feedback")
-                for ex, wrong, answer in mistakes]
+        out = []
+        for ex, wrong, answer in mistakes:
+            mistake = f"Mistake: {describe_mistake(wrong, answer, ex.answer)}"
+            for text in reference_rationales(mend_rationale(wrong, self._gold(ex)), self.cfg.n):
+                out.append(((ex, wrong, answer), f"{mistake}\nReasoning: {text}\nAnswer: {ex.answer}", "feedback"))
+        return out
+
+
+class ReplayReferenceTeacher(Teacher):
+    """The recorded rationale of a question, then ``n - 1`` reference rationales; feedback is reference's."""
+
+    def __init__(self, cfg: TeacherConfig, task: str, data_dir: str | Path | None = None):
+        super().__init__(cfg, task)
+        self.replay = ReplayTeacher(dataclasses.replace(cfg, n=1), task, data_dir)
+        self.reference = ReferenceTeacher(dataclasses.replace(cfg, n=max(cfg.n - 1, 1)), task)
+        self.name = f"{self.replay.name}+{self.reference.name}"
+
+    def rationales(self, examples: list[Example], round_idx: int = 1) -> list[TeacherRecord]:
+        records = self.replay.rationales(examples, round_idx)
+        if self.cfg.n > 1:
+            records += self.reference.rationales(examples, round_idx)
+        usage = Usage()
+        usage += self.replay.last_usage
+        usage += self.reference.last_usage
+        self._record_usage(usage, [])
+        order = {ex.id: i for i, ex in enumerate(examples)}
+        records.sort(key=lambda r: order[r.id])  # stable: a question's recorded rationale first
+        return mark_kept(records, self.cfg.max_rationales)
+
+    def feedback(self, mistakes: list[Mistake], round_idx: int) -> list[TeacherRecord]:
+        records = self.reference.feedback(mistakes, round_idx)
+        self._record_usage(self.reference.last_usage, [])
+        return records
 
 
 # --- finding the first false step -----------------------------------------------------------
@@ -193,6 +235,82 @@ def first_wrong_step(rationale: str) -> tuple[str, float] | None:
     """The first false ``a op b = c`` step (``arithmetic.first_false_claim``) with its true value."""
     claim = first_false_claim(rationale)
     return (claim.text, claim.value) if claim else None
+
+
+NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"  # a plain written number: an operand that can swap places
+SWAP_RE = re.compile(rf"(?<![\d.,$)*/+x×÷-])(?<![\d.,$)*/+x×÷-]\s)({NUM})(\s*)([+*x×])(\s*)({NUM})(?=\s*=)")
+SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in SENTENCE_RE.split(text) if s.strip()]
+
+
+def swap_operands(rationale: str) -> str:
+    """``a + b = c`` as ``b + a = c`` (and ``*``, ``x``), wherever a sum or product has exactly two operands."""
+    return SWAP_RE.sub(lambda m: f"{m[5]}{m[2]}{m[3]}{m[4]}{m[1]}", rationale)
+
+
+def as_steps(rationale: str) -> str:
+    """The same sentences, numbered: "Step 1: ... Step 2: ..."."""
+    return " ".join(f"Step {i}: {s}" for i, s in enumerate(sentences(rationale), 1))
+
+
+def reference_rationales(rationale: str, n: int) -> list[str]:
+    """Up to ``n`` distinct rationales saying what ``rationale`` says: as written, with the operands of
+    sums and products swapped, as numbered steps, and both (fewer when some coincide)."""
+    swapped = swap_operands(rationale)
+    out: dict[str, str] = {}
+    for text in (rationale, swapped, as_steps(rationale), as_steps(swapped)):
+        out.setdefault(normalize_rationale(text), text)
+    return list(out.values())[:max(n, 1)]
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.4f}".rstrip("0")
+
+
+def _covers(values: list[float], have: list[float]) -> bool:
+    return all(any(math.isclose(v, h, rel_tol=1e-6, abs_tol=1e-6) for h in have) for v in values)
+
+
+def mend_rationale(wrong: str, gold: str) -> str:
+    """The student's rationale mended toward the gold solution.
+
+    The student's sentences are kept while each is arithmetically true and takes the gold
+    solution's steps in the gold's order (what it computes is the gold's, and the gold sentences
+    it completes are the next ones); at the first that does not, its first false step is written
+    corrected when the corrected value is the gold's next step. The gold sentences after the last
+    one completed finish the rationale. The student's sentences without a computation cannot be
+    checked, so they are dropped."""
+    gold_sentences = sentences(gold)
+    gold_values = computed_results(gold)
+    steps = [i for i, sentence in enumerate(gold_sentences) if computed_results(sentence)]
+
+    def done_in_order(have: list[float]) -> int | None:
+        """How many of the gold's computing sentences ``have`` completes, or None when not a prefix of them."""
+        done = [_covers(computed_results(gold_sentences[i]), have) for i in steps]
+        n = done.index(False) if False in done else len(done)
+        return None if any(done[n:]) else n
+
+    kept, have = [], []
+    for sentence in sentences(wrong):
+        if done_in_order(have) == len(steps):
+            break
+        results, step = computed_results(sentence), first_wrong_step(sentence)
+        if not results and step is None:
+            continue
+        if step is None and _covers(results, gold_values) and done_in_order(have + results) is not None:
+            kept.append(sentence if sentence.endswith((".", "!", "?")) else sentence + ".")
+            have += results
+            continue
+        if (step is not None and _covers([step[1]], gold_values) and not _covers([step[1]], have)
+                and done_in_order(have + [step[1]]) is not None):
+            kept.append(f"{step[0].rsplit('=', 1)[0].strip()} = {_fmt(step[1])}.")
+            have.append(step[1])
+        break
+    n = done_in_order(have)
+    return " ".join(kept + gold_sentences[steps[n - 1] + 1 if n else 0:])
 
 
 def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:
@@ -219,7 +337,9 @@ def build_teacher(cfg: TeacherConfig, task: str, cache_path: str | Path, kind: s
         return ReplayTeacher(cfg, task, data_dir)
     if kind == "reference":
         return ReferenceTeacher(cfg, task)
-    raise ValueError(f"teacher kind {kind!r}: must be one of openai, replay, reference")
+    if kind == "replay+reference":
+        return ReplayReferenceTeacher(cfg, task, data_dir)
+    raise ValueError(f"teacher kind {kind!r}: must be one of openai, replay, reference, replay+reference")
 
 
 def mistakes_from_exam(exams: list[ExamRecord], examples: list[Example], k: int = 4) -> list[Mistake]:

@@ -59,3 +59,54 @@ def test_captions_say_which_teacher_is_offline():
     text = TeacherConfig(kind="replay", feedback_kind="reference").describe()
     assert "recorded text-davinci-002" in text and "gold annotations: no LLM" in text.split("feedback")[1]
     assert "'openai' (gpt-4o-mini)" in TeacherConfig(kind="openai", model="gpt-4o-mini").describe()
+
+
+def test_last_computed_result_reads_the_last_equals_number():
+    from l2r_lib.arithmetic import last_computed_result
+
+    assert last_computed_result("They had 32 + 42 = 74. Then 85 - 84 = 1.") == 1.0
+    assert last_computed_result("Regular = 14 * 2 = 28 pieces") == 28.0
+    assert last_computed_result("She spent $1,200 / 4 = $300 in total.") == 300.0
+    assert last_computed_result("No sums at all.") is None
+
+
+def test_contradiction_rate_on_hand_made_records():
+    from l2r_lib.evaluation import contradiction_stats, contradicts_last_step
+
+    assert contradicts_last_step("85 - 84 = 1.", "85") is True
+    assert contradicts_last_step("85 - 84 = 1.", "1") is False
+    assert contradicts_last_step("no computation", "1") is None and contradicts_last_step("1 + 1 = 2.", None) is None
+    records = [
+        ExamRecord("a", "Q?", "85", "p", ["85 - 84 = 1."], ["85"], [True]),  # contradicts (and is right)
+        ExamRecord("b", "Q?", "2", "p", ["1 + 1 = 2."], ["2"], [True]),
+        ExamRecord("c", "Q?", "3", "p", ["1 + 1 = 2."], ["3"], [True]),  # contradicts
+        ExamRecord("d", "Q?", "2", "p", ["I just know."], ["2"], [True]),  # nothing to compare
+        ExamRecord("e", "Q?", "4", "p", ["2 + 2 = 4.", "2 + 2 = 5."], ["4", "4"], [True, True]),  # 2nd contradicts
+    ]
+    stats = contradiction_stats(records)
+    assert stats == {"contradictions": 3, "contradiction_compared": 5, "contradiction_rate": 0.6}
+    assert contradiction_stats(records[3:4])["contradiction_rate"] is None
+
+
+def test_diagnostics_table_reads_triplet_rows_and_contradictions_per_round(tmp_path):
+    from l2r_lib.evaluation import write_tables
+
+    for k, answers, triplets in ((1, ["1", "9"], 12), (2, ["1", "1"], None)):
+        d = tmp_path / "tailored" / "multiarith" / f"round-{k}"
+        d.mkdir(parents=True)
+        save_jsonl([ExamRecord(f"q{i}", "Q?", "1", "p", ["85 - 84 = 1."], [a], [a == "1"]) for i, a in enumerate(answers)],
+                   d / "exam_test.jsonl")
+        (d / "metrics.json").write_text(json.dumps({"method": "tailored", "task": "multiarith", "round": k,
+                                                    "accuracy": 0.5, "teacher_kept": 3}))
+        if triplets is not None:  # an old run's round without the count
+            (d / "train_config.yaml").write_text(f"rows_with_triplet: {triplets}\n")
+    write_tables(tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "diagnostics.csv")
+    assert table["round"].tolist() == [1, 2] and table["contradiction_pct"].tolist() == [50.0, 0.0]
+    assert table["rows_with_triplet"].iloc[0] == 12 and pd.isna(table["rows_with_triplet"].iloc[1])
+    assert "contradicts" in (tmp_path / "tables" / "diagnostics.md").read_text()
+    (tmp_path / "tailored" / "multiarith" / "round-1" / "train_config.yaml").write_text(
+        "use_reflection: false\nrows_with_triplet: 12\n")  # counted, but no triplet loss was trained
+    from l2r_lib.evaluation import triplet_rows
+
+    assert triplet_rows(tmp_path / "tailored" / "multiarith" / "round-1") == 0

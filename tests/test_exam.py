@@ -51,6 +51,21 @@ def test_exam_mechanics_on_a_tiny_model(tmp_path):
     assert (tmp_path / "exam.summary.json").is_file()
 
 
+def test_top_k_reaches_generate_and_each_question_gets_k_samples():
+    """Sampling from the top-1 token is greedy decoding: the k samples agree with the greedy answer.
+    Without top-k they differ (a random tiny model spreads its probability over the vocabulary)."""
+    model, tok = build_tiny_student(), load_tokenizer()
+    examples = load_examples("synthetic", "test")[:4]
+    greedy = run_exam(model, tok, examples, "synthetic", ExamConfig(max_new_tokens=8), progress=False)
+    top1 = run_exam(model, tok, examples, "synthetic",
+                    ExamConfig(max_new_tokens=8, num_samples=3, temperature=1.0, top_k=1), progress=False)
+    assert all(len(r.completions) == 3 for r in top1.records)
+    assert [r.completions for r in top1.records] == [g.completions * 3 for g in greedy.records]
+    free = run_exam(model, tok, examples, "synthetic",
+                    ExamConfig(max_new_tokens=8, num_samples=3, temperature=1.0), progress=False)
+    assert any(len(set(r.completions)) > 1 for r in free.records)
+
+
 def test_batched_exam_matches_one_at_a_time_on_smollm2(smollm2, data_dir):
     """Padding and batching must not change what the real student answers."""
     model, tok = smollm2
@@ -80,3 +95,25 @@ def test_wrong_rationales_are_distinct():
     rec = ExamRecord("q", "Q?", "4", "p", ["a", "a", "b", "c"], ["3", "3", "4", "5"], [False, False, True, False])
     assert rec.wrong_rationales() == ["a", "c"]
     assert not rec.solved
+
+
+def test_own_demos_come_in_the_official_numbers_and_agree_with_their_answers():
+    from l2r_lib.answers import extract_answer
+    from l2r_lib.config import load_config
+    from l2r_lib.arithmetic import last_computed_result
+    from l2r_lib.prompts import demos_for
+    from l2r_lib.tasks import get_task
+
+    from conftest import REPO
+
+    for task, n in (("gsm8k", 3), ("svamp", 3), ("multiarith", 3), ("strategyqa", 4), ("csqa", 5)):
+        demos = demos_for(task, n)
+        assert len({d.question for d in demos}) == n
+        assert load_config(REPO / "params" / "paper" / f"{task}.yaml").student.num_demos == n
+        kind = get_task(task).answer_kind
+        for d in demos:
+            assert extract_answer(format_target(d.rationale, d.answer), kind) == d.answer
+            if kind == "number":
+                assert last_computed_result(d.rationale) == float(d.answer)
+    prompt = build_prompt("Q?", demos=demos_for("strategyqa", 4))
+    assert prompt.count("Question:") == 5 and prompt.endswith("Question: Q?\nReasoning:")

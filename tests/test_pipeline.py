@@ -80,6 +80,8 @@ def test_tables_and_figures_hold_numbers(tiny_run):
         assert (run / "figures" / fig).stat().st_size > 5_000
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["name"] == "tiny" and manifest["prompt_templates"] and manifest["packages"]["torch"]
+    # what each method name meant in this run (names can change meaning between versions)
+    assert manifest["method_declarations"]["no-feedback"]["questions"] == "mistakes"
     losses = pd.read_csv(run / "tailored" / "synthetic" / "round-2" / "losses.csv")
     assert len(losses) > 0 and losses["mle"].notna().all()
 
@@ -97,6 +99,62 @@ def test_round_1_is_shared_by_methods_that_compute_the_same_one(tiny_run):
     assert "shared_from" not in json.loads((run / "std-cot" / "synthetic" / "round-1" / "metrics.json").read_text())
     # no-feedback's round 2 really ran, from the shared adapter
     assert "[l2r] no-feedback / synthetic / round 2: 03_round_training" in tiny_run["stdout"]
+
+
+def test_round_1_reflects_and_the_tables_report_triplet_rows_and_contradictions(tiny_run):
+    run = tiny_run["dir"]
+    metrics = json.loads((run / "tailored" / "synthetic" / "round-1" / "metrics.json").read_text())
+    assert metrics["rows_with_triplet"] > 0  # reference n=2: two positives a question already in round 1
+    assert metrics["contradiction_compared"] >= 0 and "contradiction_rate" in metrics
+    diag = pd.read_csv(run / "tables" / "diagnostics.csv").set_index(["method", "round"])
+    assert diag.loc[("tailored", 1), "rows_with_triplet"] == metrics["rows_with_triplet"]
+    assert diag.loc[("std-cot", 1), "rows_with_triplet"] == 0  # no self-reflection
+    teacher = pd.read_csv(run / "tables" / "teacher.csv")
+    r1 = teacher[(teacher.method == "std-cot") & (teacher["round"] == 1)]
+    assert r1["teacher_kept"].item() == 2 * 24  # two distinct reference rationales for each train question
+
+
+def test_no_feedback_asks_plainly_about_exactly_the_mistaken_questions(tiny_run):
+    from l2r_lib.records import ExamRecord, TeacherRecord, load_jsonl
+
+    r2 = tiny_run["dir"] / "no-feedback" / "synthetic" / "round-2"
+    exam = load_jsonl(ExamRecord, r2 / "exam_train.jsonl")
+    assert all(len(r.correct) == 2 for r in exam)  # tiny.yaml samples 2 answers a question
+    teacher = load_jsonl(TeacherRecord, r2 / "teacher_round2.jsonl")
+    assert {t.id for t in teacher} == {r.id for r in exam if not all(r.correct)}
+    assert {t.prompt_kind for t in teacher} == {"rationale"} and all(t.student_rationale is None for t in teacher)
+    tailored = load_jsonl(TeacherRecord, tiny_run["dir"] / "tailored" / "synthetic" / "round-2" / "teacher_round2.jsonl")
+    assert {t.prompt_kind for t in tailored} == {"feedback"} and all(t.student_rationale for t in tailored)
+
+
+def test_each_method_asks_the_teacher_about_the_questions_its_declaration_names(tmp_path):
+    """Later rounds by the methods table: every question with ANY wrong sample, each wrong sample a
+    feedback prompt (feedback methods), the same questions alone (no-feedback), or as many random ones."""
+    from l2r_lib.config import load_config
+    from l2r_lib.methods import METHODS
+    from l2r_lib.records import ExamRecord, save_jsonl
+
+    cfg = load_config(REPO / "params" / "tiny.yaml", overrides={"methods": list(METHODS)})
+    train = pipeline.Round(cfg, tmp_path, "tailored", "synthetic", 2).examples("train")
+    verdicts = {0: [True, True], 1: [True, False], 2: [False, False]}  # q1: only the 2nd sample is wrong
+    exam = [ExamRecord(ex.id, ex.question, ex.answer, "p", [f"{i} + 1 = 9.", f"{i} + 2 = 9."], ["9", "9"],
+                       verdicts.get(i, [True, True])) for i, ex in enumerate(train)]
+    mistaken = [train[1].id, train[2].id]
+    for name in METHODS:
+        rnd = pipeline.Round(cfg, tmp_path, name, "synthetic", 2)
+        save_jsonl(exam, rnd.dir / "exam_train.jsonl")
+        _, questions, mistakes = pipeline._teacher_job(rnd)
+        spec = METHODS[name]
+        if spec.questions == "random":
+            assert len(questions) == 2 and not mistakes, name
+        elif spec.feedback:
+            assert not questions and [(m[0].id, m[1]) for m in mistakes] == [
+                (train[1].id, "1 + 2 = 9."), (train[2].id, "2 + 1 = 9."), (train[2].id, "2 + 2 = 9.")], name
+        elif spec.multi_round:
+            assert [q.id for q in questions] == mistaken and not mistakes, name
+        _, round1, _ = pipeline._teacher_job(pipeline.Round(cfg, tmp_path, name, "synthetic", 1))
+        assert round1 == train
+    assert pipeline.rounds_of(cfg, "std-cot") == 1 and pipeline.rounds_of(cfg, "no-feedback") == cfg.rounds
 
 
 def test_rerun_of_a_finished_run_redoes_nothing(tiny_run):
@@ -162,7 +220,7 @@ def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny
     assert "[l2r] std-cot-matched / synthetic / round 1: shared with std-cot" in res.stdout
 
     r2 = run / "std-cot-matched" / "synthetic" / "round-2"
-    wrong = [r for r in load_jsonl(ExamRecord, r2 / "exam_train.jsonl") if not r.correct[0]]
+    wrong = [r for r in load_jsonl(ExamRecord, r2 / "exam_train.jsonl") if not all(r.correct)]
     teacher = load_jsonl(TeacherRecord, r2 / "teacher_round2.jsonl")
     assert len({t.id for t in teacher}) == len(wrong) > 0
     assert {t.prompt_kind for t in teacher} == {"rationale"}  # plain rationales, no feedback prompt
@@ -173,6 +231,7 @@ def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["extended"][-1]["methods"][-1] == "std-cot-matched"
     assert manifest["config"]["methods"] == params["methods"]
+    assert manifest["method_declarations"]["std-cot-matched"]["questions"] == "random"
 
     params["rounds"] = 3  # anything but appended methods or tasks is another run
     grown.write_text(yaml.safe_dump(params))

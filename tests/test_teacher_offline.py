@@ -10,7 +10,10 @@ import pytest
 from l2r_lib.config import TeacherConfig
 from l2r_lib.records import ExamRecord, TeacherRecord, load_jsonl
 from l2r_lib.tasks import Example, load_examples
-from l2r_lib.teacher import ReplayTeacher, build_teacher, describe_mistake, first_wrong_step, mistakes_from_exam
+from l2r_lib.teacher import (
+    ReplayTeacher, build_teacher, describe_mistake, first_wrong_step, mend_rationale, mistakes_from_exam,
+    reference_rationales,
+)
 from l2r_lib.teacher_data import (
     export_official, export_official_mistakes, filter_records, import_official, import_official_mistakes, keep_stats,
     make_record, normalize_question, save_round,
@@ -116,7 +119,67 @@ def test_reference_teacher_gives_gold_rationales_and_names_the_wrong_step():
     wrong = examples[0].rationale.replace("=", "= 1 +", 1)  # "a + b = 1 + c": false, first step
     fb = teacher.feedback([(examples[0], wrong, "0")], round_idx=2)[0]
     assert fb.prompt_kind == "feedback" and fb.student_rationale == wrong and fb.kept
-    assert fb.raw.startswith("Mistake: the step") and fb.rationale == examples[0].rationale
+    assert fb.raw.startswith('Mistake: the step "21 + 18 = 1"')
+    # the wrong step corrected, then the gold's remaining step
+    assert fb.rationale == "21 + 18 = 39. After giving away 32, Grace has 39 - 32 = 7."
+
+
+def test_reference_teacher_writes_n_distinct_correct_rationales_per_question():
+    examples = load_examples("synthetic", "train")[:20]
+    teacher = build_teacher(TeacherConfig(kind="reference", n=2), "synthetic", cache_path=None)
+    records = teacher.rationales(examples, round_idx=1)
+    assert keep_stats(records)["questions_with_2_positives"] == len(examples)
+    for ex in examples:
+        mine = [r.rationale for r in records if r.id == ex.id]
+        assert len(mine) == 2 and mine[0] == ex.rationale and mine[1] != mine[0]
+        assert all(first_wrong_step(r) is None for r in mine)  # every variant computes correctly
+
+
+@needs_data
+@pytest.mark.parametrize("task", ["multiarith", "svamp", "gsm8k", "strategyqa"])
+def test_every_reference_question_has_two_distinct_rationales(task):
+    for ex in load_examples(task, "train")[:200]:
+        texts = reference_rationales(ex.rationale, 4)
+        assert len(texts) >= 2 and len({" ".join(t.lower().split()) for t in texts}) == len(texts), ex.id
+        assert all(first_wrong_step(t) is None for t in texts if first_wrong_step(ex.rationale) is None), ex.id
+
+
+def test_reference_variants_swap_operands_and_number_steps():
+    assert reference_rationales("32 + 42 = 74. 74 - 35 = 39.", 4) == [
+        "32 + 42 = 74. 74 - 35 = 39.", "42 + 32 = 74. 74 - 35 = 39.",
+        "Step 1: 32 + 42 = 74. Step 2: 74 - 35 = 39.", "Step 1: 42 + 32 = 74. Step 2: 74 - 35 = 39."]
+    # a chain is not split; nothing commutes here, so only the phrasing differs
+    assert reference_rationales("100 - 50 - 30 = 20.", 4) == ["100 - 50 - 30 = 20.", "Step 1: 100 - 50 - 30 = 20."]
+    assert reference_rationales("2 + 3 * 4 = 14.", 1) == ["2 + 3 * 4 = 14."]
+
+
+def test_feedback_depends_on_the_students_mistake():
+    ex = Example("m", "Debby had 32 candies, her sister 42; they ate 35. How many are left?", "39",
+                 "32 + 42 = 74. 74 - 35 = 39.")
+    kept_step = "Debby and her sister had 32 + 42 = 74 candies. After eating 35 they had 74 - 35 = 40."
+    off_path = "They ate 42 - 35 = 7 candies. So 32 + 7 = 40."
+    assert mend_rationale(kept_step, ex.rationale) == "Debby and her sister had 32 + 42 = 74 candies. 74 - 35 = 39."
+    assert mend_rationale(off_path, ex.rationale) == ex.rationale  # nothing of it leads to the gold
+    teacher = build_teacher(TeacherConfig(kind="reference"), "synthetic", cache_path=None)
+    a, b = teacher.feedback([(ex, kept_step, "40"), (ex, off_path, "40")], round_idx=2)
+    assert a.rationale != b.rationale and a.raw != b.raw
+    for fb in (a, b):
+        assert fb.kept and fb.answer == "39" and fb.rationale.endswith("74 - 35 = 39.")
+        assert first_wrong_step(fb.rationale) is None
+    plain = teacher.rationales([ex], round_idx=2)[0]
+    assert plain.rationale == ex.rationale != a.rationale  # feedback and plain differ in content
+
+
+def test_mend_keeps_a_right_rationale_whose_answer_line_contradicts_it():
+    assert mend_rationale("32 + 42 = 74. 74 - 35 = 39.", "32 + 42 = 74. 74 - 35 = 39.") == "32 + 42 = 74. 74 - 35 = 39."
+    assert mend_rationale("No sums here.", "Facts. More facts.") == "Facts. More facts."
+
+
+def test_mend_keeps_only_steps_taken_in_the_golds_order_and_stops_when_done():
+    gold = "32 + 42 = 74. 74 - 35 = 39."
+    assert mend_rationale("74 - 35 = 39.", gold) == gold  # a later step first: the gold's order wins
+    assert mend_rationale("So 32 + 42 = 74\nthen 74 - 35 = 39\nand 39 - 1 = 40", gold) == "So 32 + 42 = 74. then 74 - 35 = 39."
+    assert mend_rationale("29 - 17 = 12 left. Doug had 29 - 17 = 13.", "29 - 17 = 12.") == "29 - 17 = 12 left."
 
 
 def test_mistakes_from_exam_pairs_wrong_rationales_with_their_answers():
@@ -149,6 +212,20 @@ def test_replay_feedback_says_it_reuses_the_recorded_rationale():
     fb = teacher.feedback([(ex, "1 + 1 = 3.", "3")], round_idx=2)[0]
     assert fb.prompt_kind == "rationale" and fb.student_rationale == "1 + 1 = 3."
     assert fb.raw == teacher.recorded[normalize_question(ex.question)] and fb.teacher == "replay:text-davinci-002"
+
+
+@needs_data
+def test_replay_plus_reference_gives_the_recording_first_then_reference_rationales():
+    examples = load_examples("multiarith", "train")[:10]
+    teacher = build_teacher(TeacherConfig(kind="replay+reference", n=2), "multiarith", cache_path=None)
+    records = teacher.rationales(examples, round_idx=1)
+    assert [r.teacher for r in records[:2]] == ["replay:text-davinci-002", "reference:gold"]
+    assert [r.id for r in records] == [ex.id for ex in examples for _ in range(2)]
+    assert all(r.kept for r in records if r.teacher == "reference:gold")
+    stats = keep_stats(records)
+    assert stats["questions_with_2_positives"] == sum(r.kept for r in records if r.teacher.startswith("replay"))
+    fb = teacher.feedback([(examples[0], "32 + 42 = 75. 75 - 35 = 40.", "40")], round_idx=2)
+    assert [r.prompt_kind for r in fb] == ["feedback"] and fb[0].rationale == "32 + 42 = 74. 74 - 35 = 39."
 
 
 @needs_data

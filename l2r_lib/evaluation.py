@@ -309,7 +309,7 @@ def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None
             if d.empty:
                 continue
             x = d["round"] + (j - (len(methods) - 1) / 2) * width
-            err = [d["accuracy"] - d["ci95_low"], d["ci95_high"] - d["accuracy"]]
+            err = np.clip(np.nan_to_num([d["accuracy"] - d["ci95_low"], d["ci95_high"] - d["accuracy"]]), 0, None)
             ax.errorbar(x, d["accuracy"], yerr=err, marker="o", ms=4, capsize=2, lw=1.2, color=colors[method],
                         label=method)
         rounds = sorted(data.loc[data["task"] == task, "round"].unique())

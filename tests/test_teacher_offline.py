@@ -119,7 +119,7 @@ def test_reference_teacher_gives_gold_rationales_and_names_the_wrong_step():
     wrong = examples[0].rationale.replace("=", "= 1 +", 1)  # "a + b = 1 + c": false, first step
     fb = teacher.feedback([(examples[0], wrong, "0")], round_idx=2)[0]
     assert fb.prompt_kind == "feedback" and fb.student_rationale == wrong and fb.kept
-    assert fb.raw.startswith('Mistake: the step "21 + 18 = 1"')
+    assert fb.raw.startswith('Mistake: the step "21 + 18 = 1 + 39" is wrong')
     # the wrong step corrected, then the gold's remaining step
     assert fb.rationale == "21 + 18 = 39. After giving away 32, Grace has 39 - 32 = 7."
 

@@ -88,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from .pipeline import run_pipeline
 
     params = args.params
-    cfg = load_config(params)
+    overrides = parse_sets(args.set)
+    cfg = load_config(params, overrides)
     if args.data_dir:
         os.environ[paths.DATA_DIR_ENV] = str(paths.data_dir(args.data_dir))
     paths.data_dir(cfg.data_dir)  # a data directory that is named must exist
@@ -96,14 +97,27 @@ def cmd_run(args: argparse.Namespace) -> None:
     unreachable = [t for t in cfg.tasks if reachable_task(t, cfg.data_dir) != t]
     if unreachable:
         params = _with_fallback_task(params, cfg, unreachable, args.out)
-        cfg = load_config(params)
+        cfg = load_config(params, overrides)
     for task in cfg.tasks:  # an empty split would "succeed" with 0 of 0 right
         nonempty(load_examples(task, "train", cfg.data_dir)[: cfg.train_limit], task, "train", "train_limit")
         nonempty(load_examples(task, "test", cfg.data_dir)[: cfg.test_limit], task, "test", "test_limit")
-    run_dir = run_pipeline(params, args.out)
+    run_dir = run_pipeline(params, args.out, overrides=overrides)
     print(f"run finished: {run_dir}")
     for table in sorted((run_dir / "tables").glob("*.md")):
         print(f"\n## {table.stem}\n{table.read_text()}")
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``--set train.reflection_weight=0.1 --set methods=[tailored,std-cot]``: dotted keys, YAML values."""
+    import yaml
+
+    overrides = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=1")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 def nonempty(examples: list, task: str, split: str, limit: str) -> list:
@@ -210,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = command("run", "run every round of a params file through the notebooks; write tables")
     r.add_argument("params", help="a params YAML, or a shipped set by name: default, tiny, colab/gsm8k, paper/gsm8k, ...")
     r.add_argument("--out", type=Path, default=None, help="run directory (default: results/<name>)")
+    r.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="override one setting of the params, checked like the YAML (repeatable), e.g. train.reflection_weight=0.1")
     r.set_defaults(func=cmd_run)
 
     nb = command("notebooks", "copy the four notebooks into a folder (for JupyterLab)")

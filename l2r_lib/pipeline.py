@@ -17,6 +17,7 @@ import platform
 import random
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,11 +45,13 @@ class Round:
 
     @classmethod
     def open(cls, params: str | Path, method: str, task: str, round_idx: int,
-             run_dir: str | Path | None = None) -> "Round":
-        """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new).
+             run_dir: str | Path | None = None, overrides: dict | None = None) -> "Round":
+        """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new;
+        ``overrides``: dotted keys over the params, checked like the YAML, e.g. ``{"train.reflection_weight": 0.1}``).
         Opened by hand, the notebook's kernel holds the run's lock until it shuts down."""
-        run_lock.enter(Path(run_dir) if run_dir else paths.results_dir() / load_config(params).name)
-        cfg, run_dir = prepare_run(params, run_dir)
+        name = load_config(params, overrides).name
+        run_lock.enter(Path(run_dir) if run_dir else paths.results_dir() / name)
+        cfg, run_dir = prepare_run(params, run_dir, overrides, fix="pass another run_dir (or change name)")
         if method not in cfg.methods or task not in cfg.tasks:
             raise ValueError(f"method {method!r} / task {task!r} not in {params} (methods {cfg.methods}, tasks {cfg.tasks})")
         return cls(cfg, run_dir, method, task, int(round_idx))
@@ -56,6 +59,10 @@ class Round:
     @property
     def dir(self) -> Path:
         return self.run_dir / self.method / self.task / f"round-{self.round_idx}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.method}/{self.task}/round-{self.round_idx}"
 
     def round_dir(self, k: int) -> Path:
         return self.run_dir / self.method / self.task / f"round-{k}"
@@ -92,6 +99,24 @@ class Round:
     def summary(self, stage: str) -> dict:
         return json.loads((self.dir / f"{stage}.done.json").read_text())
 
+    def cached(self, stage: str, force: bool = False) -> dict | None:
+        """The saved summary of a finished stage, said aloud; None when the stage is to run.
+        ``force`` forgets it and the round's later stages, which then run again too."""
+        if not self.is_done(stage):
+            return None
+        if force:
+            for later in NOTEBOOKS[NOTEBOOKS.index(stage):]:
+                (self.dir / f"{later}.done.json").unlink(missing_ok=True)
+            return None
+        print(f"[l2r] {stage} of {self.where} has run: its saved summary (force=True runs it again)")
+        return self.summary(stage)
+
+    def require(self, stage: str, round_idx: int | None = None) -> None:
+        """MissingInput unless ``stage`` of round ``round_idx`` (default: this one) has finished."""
+        k = round_idx or self.round_idx
+        if not Round(self.cfg, self.run_dir, self.method, self.task, k).is_done(stage):
+            raise MissingInput(f"{self.where} needs what {stage} of round {k} writes: run {stage} for round {k} first")
+
     def mark_done(self, stage: str, summary: dict, started: float) -> dict:
         summary = summary | {"seconds": round(time.perf_counter() - started, 1)}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -110,17 +135,23 @@ class Round:
 
 # --- the four stages (one per notebook) -----------------------------------------------------
 
-def mistake_analysis(rnd: Round) -> dict:
+class MissingInput(RuntimeError):
+    """A stage was asked to run before the stage that writes its input: nothing is written."""
+
+
+def mistake_analysis(rnd: Round, force: bool = False) -> dict:
     """01: the current student answers the train split; its wrong answers are its mistakes."""
     from .evaluation import error_table
     from .exam import run_exam, save_exam
     from .teacher_data import export_official_mistakes
 
-    if rnd.is_done("01_mistake_analysis"):
-        return rnd.summary("01_mistake_analysis")
+    if (done := rnd.cached("01_mistake_analysis", force)) is not None:
+        return done
     started = time.perf_counter()
     if not rnd.takes_exam:
         return rnd.mark_done("01_mistake_analysis", {"skipped": f"{rnd.method} round {rnd.round_idx} uses no exam"}, started)
+    if rnd.round_idx > 1:
+        rnd.require("03_round_training", rnd.round_idx - 1)
     model, tokenizer = rnd.student(rnd.previous_adapter)
     s = rnd.cfg.student
     result = run_exam(model, tokenizer, rnd.examples("train"), rnd.task, rnd.cfg.exam, chat=s.chat,
@@ -169,12 +200,14 @@ def teacher_estimate(rnd: Round) -> dict:
     return teacher.estimate(examples=questions, mistakes=mistakes).to_dict()
 
 
-def teacher_prompting(rnd: Round) -> dict:
+def teacher_prompting(rnd: Round, force: bool = False) -> dict:
     """02: round 1 (and std-cot): rationales for the train split; later rounds: feedback on mistakes."""
     from .teacher_data import export_official, keep_stats, save_round
 
-    if rnd.is_done("02_teacher_prompting"):
-        return rnd.summary("02_teacher_prompting")
+    if (done := rnd.cached("02_teacher_prompting", force)) is not None:
+        return done
+    if rnd.round_idx > 1:  # later rounds ask about this round's exam: without it there would be 0 questions
+        rnd.require("01_mistake_analysis")
     started = time.perf_counter()
     teacher, questions, mistakes = _teacher_job(rnd)
     records = teacher.feedback(mistakes, rnd.round_idx) if mistakes else teacher.rationales(questions, rnd.round_idx)
@@ -197,12 +230,19 @@ def teacher_records(rnd: Round) -> list[TeacherRecord]:
     return [r for k in range(first, rnd.round_idx + 1) for r in load_teacher_round(rnd, k) if r.kept]
 
 
-def round_training(rnd: Round) -> dict:
+def round_training(rnd: Round, force: bool = False) -> dict:
     """03: train this round from the previous round's adapter (LoRA on a CPU, QLoRA on a GPU)."""
-    from .training import train_round
+    from .training import clear_round, train_round
 
-    if rnd.is_done("03_round_training"):
-        return rnd.summary("03_round_training")
+    if (done := rnd.cached("03_round_training", force)) is not None:
+        return done
+    rnd.require("02_teacher_prompting")
+    if rnd.takes_exam:
+        rnd.require("01_mistake_analysis")
+    if rnd.round_idx > 1:
+        rnd.require("03_round_training", rnd.round_idx - 1)
+    if force:
+        clear_round(rnd.dir)
     started = time.perf_counter()
     records = teacher_records(rnd)
     if not any(r.round_idx == rnd.round_idx for r in records):
@@ -220,13 +260,14 @@ def round_training(rnd: Round) -> dict:
     return rnd.mark_done("03_round_training", summary, started)
 
 
-def evaluation(rnd: Round) -> dict:
+def evaluation(rnd: Round, force: bool = False) -> dict:
     """04: test accuracy of this round's student; metrics.json feeds the run's tables."""
     from .evaluation import contradiction_stats, triplet_rows
     from .exam import run_exam, save_exam
 
-    if rnd.is_done("04_evaluation"):
-        return rnd.summary("04_evaluation")
+    if (done := rnd.cached("04_evaluation", force)) is not None:
+        return done
+    rnd.require("03_round_training")
     started = time.perf_counter()
     model, tokenizer = rnd.student(rnd.dir / "adapter")
     s = rnd.cfg.student
@@ -307,9 +348,11 @@ def rounds_of(cfg: RunConfig, method: str) -> int:
     return cfg.rounds if get_method(method).multi_round else 1
 
 
-def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunConfig, Path]:
-    """Resolve the params into ``<run_dir>/config.yaml`` and write the manifest."""
-    cfg = load_config(params)
+def prepare_run(params: str | Path, out: str | Path | None = None, overrides: dict | None = None,
+                fix: str = "use another --out or name") -> tuple[RunConfig, Path]:
+    """Resolve the params (and ``overrides``) into ``<run_dir>/config.yaml`` and write the manifest;
+    ``fix`` is what the error for a run directory that holds another config advises."""
+    cfg = load_config(params, overrides)
     run_dir = Path(out) if out else paths.results_dir() / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
@@ -318,8 +361,9 @@ def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunC
         if saved == cfg:
             return cfg, run_dir
         if not _extends(saved, cfg):
-            raise ValueError(f"{config_path} holds a different config than {params}; a run grows only by appending "
-                             "methods or tasks: use another --out or name")
+            changed = _changed_keys(saved.to_dict(), cfg.to_dict())
+            raise ValueError(f"{config_path} holds a different config than {params} ({', '.join(changed)} differ); "
+                             f"a run grows only by appending methods or tasks: {fix}")
         # More methods or tasks, all else equal: what has run stays valid, the run grows.
         save_config(cfg, config_path)
         record = json.loads((run_dir / "manifest.json").read_text())
@@ -332,6 +376,18 @@ def prepare_run(params: str | Path, out: str | Path | None = None) -> tuple[RunC
     save_config(cfg, config_path)
     (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, params), indent=2) + "\n")
     return cfg, run_dir
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    out = []
+    for key in a.keys() | b.keys():
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _changed_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return sorted(out)
 
 
 def _extends(saved: RunConfig, cfg: RunConfig) -> bool:
@@ -357,16 +413,17 @@ def restore_adapter(rnd: Round) -> None:
     marker.write_text(summary)  # the round's record (steps, seconds) stays the original one
 
 
-def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
+def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bool = True,
+                 overrides: dict | None = None) -> Path:
     """Execute every notebook of every method, task and round; then the tables. Returns the run dir.
-    This process holds the run's lock until it exits (RunLockedError if another process has it)."""
+    This process holds the run's lock until it exits (RunLockedError if another process has it).
+    ``progress``: the notebooks' own output (exam, teacher and training progress) streams to the terminal."""
     import papermill as pm
 
     from .evaluation import write_tables
 
-    run_lock.hold(Path(out) if out else paths.results_dir() / load_config(params).name, for_children=True)
-    cfg, run_dir = prepare_run(params, out)
-    config_path = run_dir / "config.yaml"
+    run_lock.hold(Path(out) if out else paths.results_dir() / load_config(params, overrides).name, for_children=True)
+    cfg, run_dir = prepare_run(params, out, overrides)
     for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
         for method in cfg.methods:
             for k in range(1, rounds_of(cfg, method) + 1):
@@ -382,17 +439,39 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                         continue
                     rnd.dir.mkdir(parents=True, exist_ok=True)
                     print(f"[l2r] {method} / {task} / round {k}: {nb}", flush=True)
-                    try:
+                    executed = rnd.dir / f"{nb}.ipynb"
+                    try:  # paths relative to the run (its folder is the kernel's cwd): records hold no machine path
                         pm.execute_notebook(
-                            str(paths.notebooks_dir() / f"{nb}.ipynb"), str(rnd.dir / f"{nb}.ipynb"),
-                            parameters={"params": str(config_path.resolve()), "run_dir": str(run_dir.resolve()),
-                                        "method": method, "task": task, "round_idx": k},
-                            kernel_name="python3", progress_bar=progress, cwd=str(paths.notebooks_dir()),
+                            str(paths.notebooks_dir() / f"{nb}.ipynb"), str(executed),
+                            parameters={"params": "config.yaml", "run_dir": ".", "method": method, "task": task,
+                                        "round_idx": k},
+                            kernel_name="python3", progress_bar=False, cwd=str(run_dir),
+                            **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}),
                         )
                     except pm.PapermillExecutionError as e:
                         raise StageFailed(nb, rnd, e) from e
+                    finally:
+                        if executed.is_file():
+                            scrub_notebook(executed, run_dir)
     write_tables(run_dir)
     return run_dir
+
+
+def scrub_notebook(path: Path, run_dir: Path) -> None:
+    """An executed notebook without the machine's paths: papermill's input/output paths relative to the
+    run, and the run folder, the checkout, the Python environment and the home folder in any output
+    (a warning's or a traceback's file names) as ``.``, ``<repo>``, ``<env>`` and ``~``."""
+    nb = json.loads(path.read_text())
+    meta = nb.get("metadata", {}).get("papermill", {})
+    if "input_path" in meta:
+        meta["input_path"] = f"notebooks/{Path(meta['input_path']).name}"
+    if "output_path" in meta:
+        meta["output_path"] = str(path.resolve().relative_to(run_dir.resolve()))
+    text = json.dumps(nb, indent=1, ensure_ascii=False)
+    for prefix, name in ((run_dir.resolve(), "."), (Path(sys.prefix), "<env>"), (paths.REPO_ROOT, "<repo>"),
+                         (Path(sys.base_prefix), "<python>"), (Path.home(), "~")):
+        text = text.replace(json.dumps(str(prefix))[1:-1], name)
+    path.write_text(text + "\n")
 
 
 class StageFailed(RuntimeError):

@@ -32,6 +32,8 @@ import logging
 import math
 import os
 import shutil
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -386,6 +388,29 @@ class ReflectionTrainer(Trainer):
         super().log(logs, start_time)
 
 
+class ProgressPrinter(TrainerCallback):
+    """A line every tenth of the round (``step 12/40  mle 0.431  triplet 0.902  2.9 s/step``): plain
+    text, so it reaches the terminal of ``l2r run`` as well as the notebook."""
+
+    def __init__(self):
+        self.started, self.first_step = None, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "mle" not in logs:
+            return
+        every = max(1, state.max_steps // 10)
+        if state.global_step % every and state.global_step != state.max_steps:
+            return
+        rate = (time.perf_counter() - self.started) / max(1, state.global_step - self.first_step)
+        parts = [f"step {state.global_step}/{state.max_steps}", f"mle {logs['mle']:.3f}"]
+        if logs.get("triplet"):
+            parts.append(f"triplet {logs['triplet']:.3f}")
+        print("  ".join(parts + [f"{rate:.1f} s/step"]), flush=True)
+
+
 class CsvLossLogger(TrainerCallback):
     """Appends ``LOSS_COLUMNS`` to a CSV at every training log."""
 
@@ -485,6 +510,15 @@ class TrainResult:
     skipped: bool = False  # the round had finished before: nothing was trained
 
 
+@contextlib.contextmanager
+def peft_quietly():
+    """peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing`` alias whenever it wraps a
+    model (a FutureWarning in every notebook): silenced at exactly those calls until peft moves on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def build_student(student_cfg: StudentConfig, cfg: TrainConfig, init_adapter: Path | None = None, seed: int = 0):
     """(peft model, tokenizer): the student with a fresh LoRA adapter or ``init_adapter`` to go on training."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -499,12 +533,14 @@ def build_student(student_cfg: StudentConfig, cfg: TrainConfig, init_adapter: Pa
     if init_adapter is not None:
         if not (Path(init_adapter) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"init_adapter {str(init_adapter)!r} holds no adapter_config.json; pass the previous round's out_dir/adapter")
-        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), tokenizer
+        with peft_quietly():
+            return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), tokenizer
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora), tokenizer
+    with peft_quietly():
+        return get_peft_model(model, lora), tokenizer
 
 
 def training_arguments(cfg: TrainConfig, out_dir: Path, seed: int, compute_dtype: torch.dtype) -> TrainingArguments:
@@ -532,7 +568,7 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, seed: int, compute_dtype
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=True,  # ProgressPrinter's lines instead: they reach a terminal from a notebook too
     )
 
 
@@ -575,12 +611,12 @@ def train_round(
     (out_dir / "train_config.yaml").write_text(yaml.safe_dump({
         "train": dataclasses.asdict(cfg), "student": dataclasses.asdict(student_cfg), "round_idx": round_idx,
         "use_reflection": use_reflection, "seed": seed, "task": task,
-        "init_adapter": str(init_adapter) if init_adapter else None, "rows": len(features),
+        "init_adapter": os.path.relpath(init_adapter, out_dir) if init_adapter else None, "rows": len(features),
         "rows_with_triplet": sum(bool(f["positives"] and f["negatives"]) for f in features),
     }, sort_keys=False))
     trainer = ReflectionTrainer(
         model=model, args=args, train_dataset=ReflectionDataset(features), data_collator=ReflectionCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv)],
+        processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv), ProgressPrinter()],
         train_cfg=cfg, use_reflection=use_reflection, batch_sampler=sampler,
     )
     resumed_from = None
@@ -600,6 +636,15 @@ def train_round(
     return TrainResult(adapter_dir, steps, losses_csv, resumed_from)
 
 
+def clear_round(out_dir: str | Path) -> None:
+    """Forget a round's training (adapter, checkpoints, losses), so that it trains again from its start."""
+    out_dir = Path(out_dir)
+    for name in ("adapter", "adapter.tmp", "checkpoints"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in ("losses.csv", "result.yaml"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def load_trained_student(
     student_cfg: StudentConfig, adapter_dir: str | Path, merge: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -609,7 +654,8 @@ def load_trained_student(
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter in {str(adapter_dir)!r}; train_round writes it to out_dir/adapter")
     model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
     if merge and not student_cfg.load_in_4bit:
         model = model.merge_and_unload()
     return model.eval(), tokenizer

@@ -367,7 +367,7 @@ def prepare_run(params: str | Path, out: str | Path | None = None, overrides: di
         # More methods or tasks, all else equal: what has run stays valid, the run grows.
         save_config(cfg, config_path)
         record = json.loads((run_dir / "manifest.json").read_text())
-        record.setdefault("extended", []).append({"params_file": str(params), "git_commit": _git_commit(),
+        record.setdefault("extended", []).append({"params_file": shown_path(params), "git_commit": _git_commit(),
                                                   "methods": cfg.methods, "tasks": cfg.tasks})
         record["config"] = cfg.to_dict()
         record["method_declarations"] = {m: dataclasses.asdict(get_method(m)) for m in cfg.methods}
@@ -499,13 +499,23 @@ def manifest(cfg: RunConfig, params: str | Path) -> dict:
     t = cfg.teacher
     feedback = t.feedback_kind or t.kind
     return {
-        "run": cfg.name, "params_file": str(params), "config": cfg.to_dict(), "student": cfg.student.name,
+        "run": cfg.name, "params_file": shown_path(params), "config": cfg.to_dict(), "student": cfg.student.name,
         "teacher_model": t.model if "openai" in (t.kind, feedback) else None,
         "teacher_description": t.describe(),
         "git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
         "data_files": _data_hashes(cfg), "prompt_templates": templates(),
         "method_declarations": {m: dataclasses.asdict(get_method(m)) for m in cfg.methods},
     }
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a record shows it: relative to the checkout or the working folder when inside one
+    (records travel between machines), else as given."""
+    resolved = Path(path).expanduser().resolve()
+    for root in (paths.REPO_ROOT, Path.cwd()):
+        if resolved.is_relative_to(root.resolve()):
+            return str(resolved.relative_to(root.resolve()))
+    return str(path)
 
 
 def _git_commit() -> str | None:

@@ -237,3 +237,18 @@ def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny
     grown.write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match="grows only by appending"):
         pipeline.prepare_run(grown, run)
+
+
+def test_records_hold_no_machine_path(tiny_run):
+    """Executed notebooks, tables and round files name paths relative to the run, never this machine's."""
+    run = tiny_run["dir"]
+    needles = {str(run.resolve()), str(REPO), sys.prefix}
+    for path in run.rglob("*"):
+        if path.is_file() and path.suffix in (".ipynb", ".json", ".yaml", ".md", ".csv", ".jsonl"):
+            text = path.read_text(errors="replace")
+            assert not any(n in text for n in needles), (path, [n for n in needles if n in text])
+    nb = (run / "tailored" / "synthetic" / "round-2" / "03_round_training.ipynb").read_text()
+    for warning in ("TqdmWarning", "FutureWarning", "is_gradient_checkpointing"):
+        assert warning not in nb, warning
+    assert "[l2r] tailored / synthetic / round 2: 03_round_training" in tiny_run["stdout"]
+    assert "step " in tiny_run["stdout"] and "s/step" in tiny_run["stdout"]  # training progress reached the terminal

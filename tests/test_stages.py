@@ -1,0 +1,76 @@
+"""The stages as a notebook user drives them: overrides, saved results said aloud, force, missing inputs,
+and records that hold no machine path."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from l2r_lib import pipeline
+from l2r_lib.cli import parse_sets
+
+TINY = REPO / "params" / "tiny.yaml"
+
+
+def test_overrides_are_checked_and_a_changed_run_names_the_fix(tmp_path):
+    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train.reflection_weight": 0.1})
+    assert rnd.cfg.train.reflection_weight == 0.1
+    with pytest.raises(ValueError, match="train.reflection_weight"):
+        pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "bad", overrides={"train.reflection_weight": -1})
+    with pytest.raises(ValueError, match=r"train\.reflection_weight differ.*pass another run_dir"):
+        pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train.reflection_weight": 0.2})
+    assert parse_sets(["train.epochs=2", "methods=[tailored, std-cot]"]) == {"train.epochs": 2, "methods": ["tailored", "std-cot"]}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_sets(["train.epochs"])
+
+
+@pytest.mark.slow
+def test_a_finished_stage_says_so_and_force_runs_it_again(tmp_path, capsys):
+    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train_limit": 8})
+    first = pipeline.mistake_analysis(rnd)
+    assert "has run" not in capsys.readouterr().out
+    marker = rnd.dir / "01_mistake_analysis.done.json"
+    stamp = marker.stat().st_mtime_ns
+    again = pipeline.mistake_analysis(rnd)
+    assert again == first and marker.stat().st_mtime_ns == stamp
+    assert "01_mistake_analysis of tailored/synthetic/round-1 has run" in capsys.readouterr().out
+    pipeline.mistake_analysis(rnd, force=True)
+    assert marker.stat().st_mtime_ns != stamp
+
+
+def test_a_stage_without_its_input_stops_and_writes_nothing(tmp_path):
+    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 2, tmp_path / "run")
+    for stage, needs in ((pipeline.teacher_prompting, "01_mistake_analysis for round 2"),
+                         (pipeline.mistake_analysis, "03_round_training for round 1"),
+                         (pipeline.round_training, "02_teacher_prompting for round 2"),
+                         (pipeline.evaluation, "03_round_training for round 2")):
+        with pytest.raises(pipeline.MissingInput, match=f"run {needs} first"):
+            stage(rnd)
+    assert not rnd.dir.exists() or not any(rnd.dir.iterdir())
+
+
+def test_scrubbed_notebooks_hold_no_machine_path(tmp_path):
+    run = tmp_path / "run"
+    nb_path = run / "tailored" / "synthetic" / "round-1" / "01_mistake_analysis.ipynb"
+    nb_path.parent.mkdir(parents=True)
+    site = f"{sys.prefix}/lib/python3/site-packages/tqdm/auto.py:21: TqdmWarning"
+    nb = {"cells": [{"cell_type": "code", "source": "", "outputs": [
+        {"output_type": "stream", "name": "stderr", "text": [f"{site}\n", f"{run.resolve()}/tailored/x\n", f"{REPO}/notebooks\n"]}]}],
+          "metadata": {"papermill": {"input_path": str(REPO / "notebooks" / "01_mistake_analysis.ipynb"),
+                                     "output_path": str(nb_path.resolve())}}}
+    nb_path.write_text(json.dumps(nb))
+    pipeline.scrub_notebook(nb_path, run)
+    text = nb_path.read_text()
+    assert str(tmp_path) not in text and str(REPO) not in text and sys.prefix not in text
+    meta = json.loads(text)["metadata"]["papermill"]
+    assert meta == {"input_path": "notebooks/01_mistake_analysis.ipynb",
+                    "output_path": "tailored/synthetic/round-1/01_mistake_analysis.ipynb"}
+    assert "<env>/lib/python3/site-packages/tqdm" in text and "./tailored/x" in text
+
+
+def test_run_set_overrides_reach_the_run_config(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "l2r_lib.cli", "run", str(TINY), "--out", str(tmp_path / "r"),
+                          "--set", "train.reflection_weight=-2"], capture_output=True, text=True)
+    assert res.returncode == 2 and "train.reflection_weight" in res.stderr and not (tmp_path / "r").exists()

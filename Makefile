@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and `make reproduce` falls back to the built-in synthetic task when MultiArith is unreachable).
 export L2R_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install reproduce test bench clean
+.PHONY: install reproduce test bench study clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,3 +28,11 @@ bench: install
 	$(BIN)/python benchmarks/exam_throughput.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/teacher_throughput.py
+
+# Issue 10's study: the miniature on the faithful objective, MultiArith with three seeds, then SVAMP
+# (seed 0). Hours on 2 CPU cores; every stage resumes from disk, so rerun it after a stop.
+study: install
+	for s in 0 1 2; do $(BIN)/l2r run miniature/faithful --set seed=$$s --set 'tasks=[multiarith]' \
+		--out results/miniature-faithful/seed-$$s || exit 1; done
+	$(BIN)/l2r run miniature/faithful --out results/miniature-faithful/seed-0
+	$(BIN)/l2r tables --results results/miniature-faithful

@@ -151,7 +151,7 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from .evaluation import write_tables
+    from .evaluation import write_seed_tables, write_tables
 
     root = args.results or paths.results_dir()
     runs = sorted({p.parent for p in Path(root).glob("**/config.yaml")})
@@ -164,6 +164,8 @@ def cmd_tables(args: argparse.Namespace) -> None:
             print(f"{run_dir}: skipped ({e})")
             continue
         print(f"{run_dir}: " + ", ".join(str(p.relative_to(run_dir)) for p in written.values()))
+    for table in write_seed_tables(runs):
+        print(f"{table.parent.parent}: tables/seeds.md (over seeds)")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:

@@ -175,6 +175,59 @@ def paper_table(intervals: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def seed_table(run_dirs: list[Path]) -> pd.DataFrame:
+    """One study run once per seed: per method and task, the last round's test accuracy (%) of each
+    seed with its bootstrap 95% interval, and their mean and spread (sample std, min, max) over seeds."""
+    import yaml
+
+    rows = []
+    for run_dir in run_dirs:
+        seed = yaml.safe_load((run_dir / "config.yaml").read_text()).get("seed")
+        for (method, task), c in _final_correct(collect_metrics(run_dir)).items():
+            lo, hi = bootstrap_interval(c)
+            rows.append({"method": method, "task": task, "seed": seed, "accuracy": 100 * float(np.mean(c)),
+                         "ci95_low": 100 * lo, "ci95_high": 100 * hi})
+    per_seed = pd.DataFrame(rows)
+    if per_seed.empty:
+        return per_seed
+    out = []
+    for (method, task), g in per_seed.groupby(["method", "task"], sort=False):
+        g = g.sort_values("seed")
+        out.append({"method": method, "task": task, "seeds": len(g), "mean": g["accuracy"].mean(),
+                    "std": g["accuracy"].std(ddof=1) if len(g) > 1 else float("nan"),
+                    "min": g["accuracy"].min(), "max": g["accuracy"].max(),
+                    "per seed [95% interval]": "; ".join(f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in
+                                                        zip(g["accuracy"], g["ci95_low"], g["ci95_high"]))})
+    table = pd.DataFrame(out)
+    order = {m: i for i, m in enumerate(METHODS)}
+    return table.sort_values(["task", "method"], key=lambda c: c.map(order) if c.name == "method" else c).round(1)
+
+
+def write_seed_tables(runs: list[Path]) -> list[Path]:
+    """``<parent>/tables/seeds.md|csv`` for every parent folder that holds runs of one config under several seeds."""
+    import yaml
+
+    groups: dict[Path, list[Path]] = {}
+    for run_dir in runs:
+        groups.setdefault(run_dir.parent, []).append(run_dir)
+    written = []
+    for parent, group in groups.items():
+        names = {yaml.safe_load((r / "config.yaml").read_text()).get("name") for r in group}
+        if len(group) < 2 or len(names) != 1:
+            continue
+        table = seed_table(group)
+        if table.empty:
+            continue
+        (parent / "tables").mkdir(exist_ok=True)
+        table.to_csv(parent / "tables" / "seeds.csv", index=False)
+        caption = (f"Runs of `{names.pop()}` with seeds {sorted(yaml.safe_load((r / 'config.yaml').read_text())['seed'] for r in group)}: "
+                   "test accuracy (%) after the last round, mean and spread over seeds, and each seed's bootstrap "
+                   "95% interval over test questions.")
+        (parent / "tables" / "seeds.md").write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+        written.append(parent / "tables" / "seeds.md")
+    return written
+
+
 def triplet_rows(round_dir: str | Path) -> int | None:
     """Training rows of a round that the triplet loss used: with an anchor, a positive and a negative
     (``train_config.yaml``), 0 when the round trained without self-reflection; None if unknown."""

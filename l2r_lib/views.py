@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import pipeline
-from .evaluation import _caption, bootstrap_interval, error_type, first_false_claim
+from .evaluation import _add_caption, _caption, bootstrap_interval, error_type, first_false_claim
 from .records import ExamRecord, TeacherRecord
 from .tasks import get_task
 
@@ -58,7 +58,7 @@ def exam_settings(rnd: pipeline.Round) -> str:
     sampling = ("greedy decoding (k = 1)" if e.num_samples == 1 else
                 f"k = {e.num_samples} samples at temperature {e.temperature}"
                 + (f", top-k {e.top_k}" if e.top_k else ""))
-    uses = ([f"02 (the teacher is asked about M)"] if rnd.round_idx > 1 else []) + (
+    uses = (["02 (the teacher is asked about M)"] if rnd.round_idx > 1 else []) + (
         ["03 (the wrong rationales are the negatives of self-reflection)"] if rnd.uses_reflection else [])
     return "\n".join([
         f"student:  {s.name} from {_starting_student(rnd)} ({'chat template' if s.chat else 'plain prompt'}, "
@@ -171,7 +171,8 @@ def teacher_exchange(rnd: pipeline.Round, index: int = 0) -> str:
         verdict = f"dropped: a repeat, or over teacher.max_rationales = {rnd.cfg.teacher.max_rationales}"
     lines = [f"question {r.id}, record {records.index(r) + 1} of {len(records)} this round", head]
     lines += [_wrap(f"[{m['role']}]", m["content"]) for m in messages]
-    lines += [_wrap("the teacher's answer", r.raw or r.rationale), f"answer: {r.answer}    gold: {r.gold}    -> {verdict}",
+    lines += [_wrap("the teacher's answer", r.raw or r.rationale),
+              f"answer: {r.answer}    gold: {r.gold}    -> {verdict}",
               _wrap("trained on (the reasoning only)", r.rationale)]
     return "\n".join(lines)
 
@@ -267,14 +268,17 @@ def triplet_example(rnd: pipeline.Round) -> TripletExample | str:
     adapter, or the base student) and under the adapter this round trained; one line when there is none."""
     if why := _no_triplet(rnd):
         return why
+    for adapter in (rnd.previous_adapter, rnd.dir / "adapter"):
+        if adapter is not None and not (adapter / "adapter_config.json").is_file():
+            return (f"{adapter.parent.name}'s adapter is not here (adapters are not committed; `l2r run` trains "
+                    "it again from the saved data): no distances to show.")
     before, tokenizer = rnd.student(rnd.previous_adapter)
     row = first_triplet_row(rnd, tokenizer)
     if isinstance(row, str):
         return row
     t = rnd.cfg.train
-    students = {f"before: {_starting_student(rnd)}": before}
-    if (rnd.dir / "adapter" / "adapter_config.json").is_file():
-        students[f"after: round {rnd.round_idx}'s adapter"] = rnd.student(rnd.dir / "adapter")[0]
+    students = {f"before: {_starting_student(rnd)}": before,
+                f"after: round {rnd.round_idx}'s adapter": rnd.student(rnd.dir / "adapter")[0]}
     table = []
     for name, model in students.items():
         d_pos, d_neg = triplet_distances(model.eval(), row, t.representation)
@@ -312,7 +316,8 @@ def plot_distances(rnd: pipeline.Round):
     ax.set(xlabel="step", ylabel="1 − cos", title=f"{rnd.where}: triplet distances in training (mean a batch)",
            ylim=(0, None))
     ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
+    _add_caption(fig, caption(rnd))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
@@ -334,7 +339,8 @@ def accuracies(rnd: pipeline.Round) -> str:
         if exam:
             correct = [r.correct[0] for r in exam]
             lo, hi = bootstrap_interval(correct)
-            lines.append(f"after round {k}: {sum(correct) / len(correct):.1%} [{lo:.1%}, {hi:.1%}] of {len(correct)}")
+            lines.append(f"test accuracy after round {k} = {sum(correct) / len(correct):.1%}, "
+                         f"95% interval [{lo:.1%}, {hi:.1%}], {len(correct)} questions")
     return "\n".join(lines)
 
 
@@ -343,8 +349,8 @@ def changes(rnd: pipeline.Round) -> str:
     if rnd.round_idx == 1:
         return "round 1: no previous round to compare with (every question is new to the trained student)."
     fixed, broken = pipeline.fixed_and_broken(rnd)
-    return (f"since round {rnd.round_idx - 1}: fixed {len(fixed)}, broke {len(broken)}, net {len(fixed) - len(broken):+d} "
-            f"test questions")
+    return (f"since round {rnd.round_idx - 1}: fixed {len(fixed)}, broke {len(broken)}, "
+            f"net {len(fixed) - len(broken):+d} test questions")
 
 
 def answers_table(records: list[ExamRecord], what: str, n: int = 3) -> pd.DataFrame | str:
@@ -373,6 +379,7 @@ def plot_round_losses(rnd: pipeline.Round):
     if round_losses(rnd).empty:
         print(f"{rnd.where} trained no step (no losses.csv): nothing to plot.")
         return None
-    rounds = [round_losses(pipeline.Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k)) for k in range(1, rnd.round_idx + 1)]
+    rounds = [round_losses(pipeline.Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k))
+              for k in range(1, rnd.round_idx + 1)]
     return plot_losses(rnd.run_dir, losses=pd.concat([r for r in rounds if not r.empty], ignore_index=True),
                        caption=caption(rnd))

@@ -83,7 +83,10 @@ def test_the_notebooks_of_a_run_tell_each_step_with_this_runs_values(tiny):
         assert shown in triplet
     assert images(trained) == 2  # the losses, and the distances in training
 
-    assert "since round 1: fixed" in example(story(executed(tiny, "tailored", 2, "04_evaluation")), "views.changes")
+    examined = story(executed(tiny, "tailored", 2, "04_evaluation"))
+    assert "since round 1: fixed" in example(examined, "views.changes")
+    accuracy = example(examined, "views.accuracies")
+    assert "test accuracy after round 1 = " in accuracy and "test accuracy after round 2 = " in accuracy
     assert "no previous round" in example(story(executed(tiny, "tailored", 1, "04_evaluation")), "views.changes")
 
 
@@ -155,3 +158,17 @@ def test_the_triplet_distances_shown_are_those_training_computes(tiny):
         positive, negative = represent(hidden, batch["cont_attention_mask"]).chunk(2)
         expected = (float(cosine_distance(anchor, positive)), float(cosine_distance(anchor, negative)))
         assert views.triplet_distances(model, row, name) == pytest.approx(expected, abs=1e-4), name
+
+
+def test_without_the_adapters_the_triplet_example_says_so(tiny, tmp_path):
+    """A clone of committed results has no adapters: notebook 03's example says so instead of failing."""
+    import shutil
+
+    from l2r_lib import pipeline, views
+    from l2r_lib.config import load_config
+
+    clone = tmp_path / "tiny"
+    shutil.copytree(tiny, clone, ignore=shutil.ignore_patterns("adapter", "checkpoints"))
+    rnd = pipeline.Round(load_config(clone / "config.yaml"), clone, "tailored", "synthetic", 2)
+    assert views.triplet_example(rnd) == ("round-1's adapter is not here (adapters are not committed; `l2r run` "
+                                          "trains it again from the saved data): no distances to show.")

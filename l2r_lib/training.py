@@ -42,6 +42,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 from transformers.cache_utils import DynamicCache
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -619,6 +620,7 @@ def train_round(
         processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv), ProgressPrinter()],
         train_cfg=cfg, use_reflection=use_reflection, batch_sampler=sampler,
     )
+    trainer.remove_callback(PrinterCallback)  # with disable_tqdm it prints every log's raw dict: ProgressPrinter says it
     resumed_from = None
     if checkpoint is not None:
         resumed_from = int(Path(checkpoint).name.split("-")[-1])

@@ -37,8 +37,12 @@ class ExamConfig:
     limit: int | None = None  # first N questions of the split (None: all)
     # generate this many tokens, then drop the rows that have answered (from the batch and KV cache)
     chunk_tokens: int = 16
+    # hf: transformers generate (the reference) | vllm: one offline vLLM engine per exam, in the
+    # environment `make install-vllm` builds (l2r_lib/exam_vllm.py says why a second one)
+    engine: str = "hf"
 
     def __post_init__(self):
+        _check(self.engine in ("hf", "vllm"), "exam.engine", self.engine, "must be hf or vllm")
         _check(self.max_new_tokens > 0, "exam.max_new_tokens", self.max_new_tokens, "must be > 0")
         _check(self.chunk_tokens > 0, "exam.chunk_tokens", self.chunk_tokens, "must be > 0")
         _check(self.batch_size > 0, "exam.batch_size", self.batch_size, "must be > 0")

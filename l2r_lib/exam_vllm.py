@@ -12,7 +12,9 @@ This side does everything else with the hf engine's own helpers: prompts, tokeni
 trimming, answer extraction and grading, so both engines write the same records. The round's
 LoRA adapter goes to vLLM as a ``LoRARequest``; where vLLM's class for the architecture has no
 LoRA support (GPT-J), the adapter is merged into a copy of the model with peft and that is served.
-A model that is not on disk (a random test model) is saved to the temporary folder first.
+A model that is neither on disk nor a Hub id (a random test model) is saved to the temporary
+folder first; a plain model (no adapter) is served from its ``name_or_path``, so pass one that is
+loaded from disk as it is, as the pipeline's stages do.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def run_exam_vllm(
     request = {
         "prompts": prompt_ids, "n": cfg.num_samples, "max_tokens": cfg.max_new_tokens,
         "temperature": cfg.temperature if sampling else 0.0, "top_k": (getattr(cfg, "top_k", None) or 0) if sampling else 0,
+        "repetition_penalty": getattr(model.generation_config, "repetition_penalty", None) or 1.0,  # hf applies it too
         "seed": seed, "dtype": _dtype(model), "done_pattern": _DONE_RE.pattern, "answer_prefix": ANSWER_PREFIX,
         "max_model_len": max(map(len, prompt_ids), default=1) + cfg.max_new_tokens, "progress": progress,
     }
@@ -128,7 +131,12 @@ def _save_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pat
 
 
 def _loadable(name: str | None) -> bool:
-    return bool(name) and (Path(name) / "config.json").is_file()
+    """A folder with the model, or a Hub id (vLLM reads the same Hub cache the caller loaded it from)."""
+    if not name:
+        return False
+    if (Path(name).expanduser() / "config.json").is_file():
+        return True
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
 def _dtype(model: PreTrainedModel) -> str:

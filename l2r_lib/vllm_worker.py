@@ -8,7 +8,8 @@ The stop rule comes from the request (``exam._DONE_RE``), so the two engines sha
 vLLM stops on literal strings only, so the rule runs as checkpoints: generate until the answer
 prefix, then until the end of that line, and stop a sample once the rule matches its text (or it
 ends with EOS or runs out of tokens). Each step after the first continues from the sample's own
-token ids, so the text is the one a single uninterrupted generation would give.
+token ids, so the text is the one a single uninterrupted generation would give; the stop strings
+are only checkpoints (the rule decides), so they change how many steps run, never the text.
 """
 
 from __future__ import annotations
@@ -59,13 +60,16 @@ def main(request_path: str) -> None:
     if adapter:
         rank = next(r for r in LORA_RANKS if r >= req["lora_rank"])
         lora_kwargs = {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1}
+    # samples come from the engine's generator, seeded once: per-request seeds crash vLLM's CPU
+    # sampler (0.32) when a prefill is chunked ("CPU Generator does not use offset")
     llm = LLM(model=req["model"], dtype=req["dtype"], seed=req["seed"], max_model_len=req["max_model_len"],
               **lora_kwargs, **req.get("engine_kwargs", {}))
     lora = LoRARequest("exam-adapter", 1, adapter) if adapter else None
     tokenizer = llm.get_tokenizer()
     done = re.compile(req["done_pattern"])
     prefix, k, budget = req["answer_prefix"], req["n"], req["max_tokens"]
-    sampling = {"temperature": req["temperature"], "top_k": req["top_k"], "skip_special_tokens": True}
+    sampling = {"temperature": req["temperature"], "top_k": req["top_k"], "skip_special_tokens": True,
+                "repetition_penalty": req.get("repetition_penalty", 1.0)}
     ready = time.perf_counter()
 
     prompts = req["prompts"]
@@ -77,9 +81,8 @@ def main(request_path: str) -> None:
         inputs, params = [], []
         for i, j in pending:
             ids = samples[i][j] if j is not None else []
-            seed = req["seed"] + (i * k + (j or 0)) + step * len(prompts) * k  # distinct for each sample and step
             inputs.append(TokensPrompt(prompt_token_ids=prompts[i] + ids))
-            params.append(SamplingParams(n=1 if j is not None else k, seed=seed, max_tokens=budget - len(ids),
+            params.append(SamplingParams(n=1 if j is not None else k, max_tokens=budget - len(ids),
                                          stop=next_stops(tokenizer.decode(ids, skip_special_tokens=True), prefix), **sampling))
         outputs = llm.generate(inputs, params, lora_request=lora, use_tqdm=req.get("progress", False) and step == 0)
         again = []

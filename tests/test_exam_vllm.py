@@ -117,9 +117,12 @@ def test_vllm_exam_gives_the_hf_answers_with_the_adapter(smollm2_lora, multiarit
 @needs_vllm
 def test_vllm_exam_samples_k_answers_per_question(smollm2_lora, multiarith_64):
     model, tokenizer = smollm2_lora
-    cfg = ExamConfig(max_new_tokens=160, num_samples=4, temperature=0.7, engine="vllm")
-    result = run_exam(model, tokenizer, multiarith_64[:8], "multiarith", cfg, progress=False, seed=1)
-    assert len(result.records) == 8
+    # 24 prompts with 2 demos each: more prompt tokens than one step of the CPU engine takes (4096),
+    # so prefills are chunked, which crashed vLLM's CPU sampler with per-request seeds
+    cfg = ExamConfig(max_new_tokens=64, num_samples=4, temperature=0.7, engine="vllm")
+    result = run_exam(model, tokenizer, multiarith_64[:24], "multiarith", cfg, num_demos=2, progress=False, seed=1)
+    assert sum(len(tokenizer(r.prompt, add_special_tokens=False)["input_ids"]) for r in result.records) > 4096
+    assert len(result.records) == 24
     for r in result.records:
         assert len(r.completions) == len(r.answers) == len(r.correct) == len(r.rationales) == 4
     assert any(len(set(r.completions)) > 1 for r in result.records)  # samples, not 4 copies of one
@@ -128,7 +131,7 @@ def test_vllm_exam_samples_k_answers_per_question(smollm2_lora, multiarith_64):
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_architecture_without_vllm_lora_is_served_merged(caplog):
+def test_architecture_without_vllm_lora_is_served_merged(caplog, tmp_path):
     """GPT-J's vLLM class takes no adapters: the exam merges a copy of the model, leaving the caller's as it was."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, GPTJConfig
@@ -140,12 +143,14 @@ def test_architecture_without_vllm_lora_is_served_merged(caplog):
     torch.manual_seed(0)
     config = GPTJConfig(vocab_size=len(tokenizer), n_positions=512, n_embd=128, n_layer=2, n_head=2, rotary_dim=32,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = _lora(AutoModelForCausalLM.from_config(config), ["q_proj", "v_proj"], std=0.5)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gptj")  # a base on disk, as a round's is
+    tokenizer.save_pretrained(tmp_path / "gptj")
+    model = _lora(AutoModelForCausalLM.from_pretrained(tmp_path / "gptj"), ["q_proj", "v_proj"], std=0.5)
     examples = [Example(f"q{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(4)]
     cfg = ExamConfig(max_new_tokens=12)
     with caplog.at_level(logging.INFO, logger="l2r_lib.exam_vllm"):
         vllm = run_exam(model, tokenizer, examples, "multiarith", dataclasses.replace(cfg, engine="vllm"), progress=False)
-    assert "merged" in caplog.text
+    assert "no LoRA support for ['GPTJForCausalLM']" in caplog.text  # asked vLLM, then merged
     assert isinstance(model, PeftModel) and any("lora_A" in n for n, _ in model.named_parameters())
     hf = run_exam(model, tokenizer, examples, "multiarith", cfg, progress=False)
     assert [len(r.completions) for r in vllm.records] == [1] * 4

@@ -59,6 +59,7 @@ def _lora(model, targets, seed=0, std=0.02):
     """A fresh LoRA adapter with random (not zero) B, so that it changes what the model writes."""
     from peft import LoraConfig, get_peft_model
 
+    torch.manual_seed(seed)  # lora_A's initialisation
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

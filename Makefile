@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and `make reproduce` falls back to the built-in synthetic task when MultiArith is unreachable).
 export L2R_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install reproduce test bench study clean
+.PHONY: install install-vllm reproduce test test-vllm bench study clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,10 +21,18 @@ install: $(BIN)/python
 reproduce: install
 	$(BIN)/l2r run params/default.yaml
 
+# the tests that need the vLLM environment run in `make test-vllm` (minutes), not here
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not vllm"
 
-bench: install
+# the second environment exam.engine: vllm runs in (~/.cache/l2r/vllm-venv; l2r_lib/exam_vllm.py says why)
+install-vllm:
+	PY=$(PY) bash .ci/install_vllm
+
+test-vllm: install install-vllm
+	$(BIN)/python -m pytest -q -m vllm tests/test_exam_vllm.py
+
+bench: install install-vllm
 	$(BIN)/python benchmarks/exam_throughput.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/teacher_throughput.py

@@ -48,6 +48,9 @@ class ExamConfig:
     # generate this many tokens, then drop the rows that have answered (from the batch and KV cache)
     chunk_tokens: int = 16
     top_k: int | None = None  # sampling from the k most likely tokens (the official code: 50); None: off
+    # hf: transformers generate (the reference) | vllm: one offline vLLM engine per exam, in the
+    # environment `make install-vllm` builds (l2r_lib/exam_vllm.py says why a second one)
+    engine: str = "hf"
 
     def __post_init__(self):
         _validate(self, "exam")
@@ -193,7 +196,7 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "student.num_demos": at_least(0),
     "exam.max_new_tokens": above(0), "exam.batch_size": above(0), "exam.num_samples": at_least(1),
     "exam.temperature": at_least(0), "exam.limit": at_least(0), "exam.chunk_tokens": above(0),
-    "exam.top_k": at_least(1),
+    "exam.top_k": at_least(1), "exam.engine": one_of("hf", "vllm"),
     "teacher.kind": one_of(*TEACHER_KINDS), "teacher.feedback_kind": one_of(*TEACHER_KINDS),
     "teacher.model": NON_EMPTY, "teacher.base_url": URL, "teacher.max_concurrency": above(0),
     "teacher.requests_per_minute": above(0), "teacher.tokens_per_minute": above(0),

@@ -142,6 +142,16 @@ def generate_batch(
     return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], sum(map(len, tokens))
 
 
+def exam_record(ex: Example, prompt: str, texts: list[str], task: str) -> ExamRecord:
+    """One question's record from its trimmed completions: answers extracted and graded (both engines)."""
+    answers = [extract_answer(t, get_task(task).answer_kind, question_options(ex.question)) for t in texts]
+    return ExamRecord(
+        id=ex.id, question=ex.question, gold=ex.answer, prompt=prompt,
+        rationales=[split_completion(t) for t in texts], answers=answers,
+        correct=[get_task(task).check(a, ex.answer) for a in answers], completions=texts,
+    )
+
+
 def run_exam(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -154,7 +164,10 @@ def run_exam(
     progress: bool = True,
 ) -> ExamResult:
     """Grade the student on ``examples``; records come back in the examples' order."""
-    kind = get_task(task).answer_kind
+    if cfg.engine == "vllm":
+        from .exam_vllm import run_exam_vllm
+
+        return run_exam_vllm(model, tokenizer, examples, task, cfg, chat, num_demos, seed, progress)
     examples = examples[: cfg.limit] if cfg.limit else examples
     demos = demos_for(task, num_demos)
     prompts = [build_prompt(ex.question, tokenizer, chat=chat, demos=demos) for ex in examples]
@@ -171,13 +184,7 @@ def run_exam(
         completions, n = generate_batch(model, tokenizer, [prompts[i] for i in idx], cfg)
         total_tokens += n
         for i, texts in zip(idx, completions):
-            ex = examples[i]
-            answers = [extract_answer(t, kind, question_options(ex.question)) for t in texts]
-            records[i] = ExamRecord(
-                id=ex.id, question=ex.question, gold=ex.answer, prompt=prompts[i],
-                rationales=[split_completion(t) for t in texts], answers=answers,
-                correct=[get_task(task).check(a, ex.answer) for a in answers], completions=texts,
-            )
+            records[i] = exam_record(examples[i], prompts[i], texts, task)
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{total_tokens / (time.perf_counter() - start):.0f}")
     bar.close()

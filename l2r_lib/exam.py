@@ -152,6 +152,14 @@ def exam_record(ex: Example, prompt: str, texts: list[str], task: str) -> ExamRe
     )
 
 
+def exam_prompts(examples: list[Example], tokenizer: PreTrainedTokenizerBase, task: str, cfg: ExamConfig,
+                 chat: bool, num_demos: int) -> tuple[list[Example], list[str]]:
+    """The questions an exam asks (the first ``cfg.limit``) and their prompts, for either engine."""
+    examples = examples[: cfg.limit] if cfg.limit else examples
+    demos = demos_for(task, num_demos)
+    return examples, [build_prompt(ex.question, tokenizer, chat=chat, demos=demos) for ex in examples]
+
+
 def run_exam(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -168,9 +176,7 @@ def run_exam(
         from .exam_vllm import run_exam_vllm
 
         return run_exam_vllm(model, tokenizer, examples, task, cfg, chat, num_demos, seed, progress)
-    examples = examples[: cfg.limit] if cfg.limit else examples
-    demos = demos_for(task, num_demos)
-    prompts = [build_prompt(ex.question, tokenizer, chat=chat, demos=demos) for ex in examples]
+    examples, prompts = exam_prompts(examples, tokenizer, task, cfg, chat, num_demos)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: -lengths[i])  # longest first: OOM shows early
     torch.manual_seed(seed)

@@ -31,8 +31,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import ExamConfig
-from .exam import _DONE_RE, ExamResult, exam_record, trim_completion
-from .prompts import ANSWER_PREFIX, build_prompt, demos_for
+from .exam import _DONE_RE, ExamResult, exam_prompts, exam_record, trim_completion
+from .prompts import ANSWER_PREFIX
 from .tasks import Example
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,7 @@ def run_exam_vllm(
 ) -> ExamResult:
     """``exam.run_exam`` on vLLM: the same records; ``seconds`` counts generation, not engine start-up."""
     python = vllm_python()
-    examples = examples[: cfg.limit] if cfg.limit else examples
-    demos = demos_for(task, num_demos)
-    prompts = [build_prompt(ex.question, tokenizer, chat=chat, demos=demos) for ex in examples]
+    examples, prompts = exam_prompts(examples, tokenizer, task, cfg, chat, num_demos)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     sampling = cfg.num_samples > 1
     request = {

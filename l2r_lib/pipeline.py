@@ -72,6 +72,12 @@ class Round:
         return None if self.round_idx == 1 else self.round_dir(self.round_idx - 1) / "adapter"
 
     @property
+    def teacher_kind(self) -> str:
+        """The teacher of this round: ``teacher.kind`` in round 1, ``teacher.feedback_kind`` (if set) later."""
+        t = self.cfg.teacher
+        return t.kind if self.round_idx == 1 else (t.feedback_kind or t.kind)
+
+    @property
     def spec(self) -> Method:
         return get_method(self.method)
 
@@ -180,8 +186,7 @@ def _teacher_job(rnd: Round):
 
     t, train, spec = rnd.cfg.teacher, rnd.examples("train"), rnd.spec
     cache = rnd.run_dir / "teacher_cache.sqlite"  # shared by methods and tasks: a prompt is paid once
-    kind = t.kind if rnd.round_idx == 1 else (t.feedback_kind or t.kind)
-    teacher = build_teacher(t, rnd.task, cache, kind=kind, data_dir=rnd.cfg.data_dir,
+    teacher = build_teacher(t, rnd.task, cache, kind=rnd.teacher_kind, data_dir=rnd.cfg.data_dir,
                             scope=f"{rnd.method}/{rnd.task}/round-{rnd.round_idx}")  # usage is logged per round
     if rnd.round_idx == 1:
         return teacher, train, []

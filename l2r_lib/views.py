@@ -94,8 +94,7 @@ def a_mistake(rnd: pipeline.Round) -> str:
 
 def teacher_settings(rnd: pipeline.Round) -> str:
     """Who the teacher is this round, what it is asked, and which of its rationales are kept."""
-    t, spec = rnd.cfg.teacher, rnd.spec
-    kind = t.kind if rnd.round_idx == 1 else (t.feedback_kind or t.kind)
+    t, spec, kind = rnd.cfg.teacher, rnd.spec, rnd.teacher_kind
     if rnd.round_idx == 1:
         asked = "a rationale for every train question (the question alone)"
     else:

@@ -1,0 +1,236 @@
+"""The GPU paths in one command that fits in 10 minutes: each check prints one line of figures.
+
+    python benchmarks/device_check.py                      # on a GPU machine, from a checkout
+    python benchmarks/device_check.py --bundle .device     # before, with the internet: what a bare GPU machine lacks
+    python benchmarks/device_check.py --carried .device    # there, then
+
+Checks, in order (a check whose engine is missing prints ``SKIP`` and why; a failing one ``FAIL``
+and its error, and the others still run; the exit status is 1 if any failed):
+
+  env         torch, CUDA, the GPUs, bf16
+  qlora       one round of 4-bit NF4 QLoRA (bitsandbytes), self-reflection on: s/step, tokens/s, peak memory
+  lora        the same round in bf16 LoRA (fp32 on a CPU)
+  hf exam     the LoRA round's student answering the test questions, greedy and k = 4 samples: tokens/s
+  vllm exam   the same exam on vLLM (``exam.engine: vllm``), when vLLM is installed
+  accelerate  the LoRA round under ``accelerate launch`` on every GPU present (``train.processes``)
+
+The student is a random-weight Llama of SmolLM2's size (or ``--small``: two layers, for a CPU
+smoke run) built on the spot with SmolLM2's tokenizer, and the data is the built-in synthetic task,
+so nothing is downloaded there: ``--bundle DIR`` saves the tokenizer and the wheels of the
+packages a GPU image usually lacks (bitsandbytes) into DIR, and ``--carried DIR`` installs those
+wheels (``--target``, no index) and reads that tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a bare checkout: l2r itself need not be installed there
+
+WHEELS = ["bitsandbytes"]  # not in a typical CUDA image; the rest of a round needs torch, transformers, peft, accelerate
+SIZES = {  # random Llama students: SmolLM2-135M's shape, and a two-layer one for a CPU smoke run
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
+    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+def bundle(out: Path) -> None:
+    """Save SmolLM2's tokenizer and the missing packages' wheels (for CUDA's Python 3.12, x86-64)."""
+    from l2r_lib.student import load_tokenizer
+
+    load_tokenizer().save_pretrained(out / "tokenizer")
+    subprocess.run([
+        sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+        "--implementation", "cp", "--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_17_x86_64",
+        "--platform", "manylinux2014_x86_64", "-d", str(out / "whl"), *WHEELS,
+    ], check=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+    print(f"bundle: {out} ({size:.0f} MiB): carry it and run  python benchmarks/device_check.py --carried {out}")
+
+
+def install_carried(whl_dir: Path) -> None:
+    """Install carried wheels into a folder on sys.path (no index, no dependencies)."""
+    wheels = sorted(whl_dir.glob("*.whl"))
+    if not wheels:
+        return
+    target = Path(tempfile.gettempdir()) / "l2r-device-site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target),
+                    *map(str, wheels)], check=True)
+    sys.path.insert(0, str(target))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT), os.environ.get("PYTHONPATH", "")])
+
+
+def build_student_dir(out: Path, tokenizer_dir: Path | None, size: str) -> Path:
+    """Save a random-weight Llama of ``size`` with SmolLM2's tokenizer to ``out``: a student by path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from l2r_lib.student import load_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else load_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **SIZES[size])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def round_data(n: int):
+    """Synthetic train questions with two correct rationales each (the gold one, and its steps
+    numbered) and one wrong exam sample (the last number off by one): every row has a triplet."""
+    from l2r_lib.records import ExamRecord, TeacherRecord
+    from l2r_lib.tasks import load_examples
+
+    teacher, exams = [], []
+    for ex in load_examples("synthetic", "train")[:n]:
+        steps = [s for s in ex.rationale.split(". ") if s]
+        numbered = " ".join(f"Step {i + 1}: {s.rstrip('.')}." for i, s in enumerate(steps))
+        for text in (ex.rationale, numbered):
+            teacher.append(TeacherRecord(ex.id, ex.question, ex.answer, text, ex.answer, True, 1, "rationale", "device-check"))
+        wrong = str(int(ex.answer) + 1)
+        exams.append(ExamRecord(ex.id, ex.question, ex.answer, "", [f"{ex.rationale} So {wrong}."], [wrong], [False]))
+    return teacher, exams
+
+
+def check_round(label: str, student_dir: Path, out: Path, args, **student_kw) -> Path:
+    import torch
+
+    from l2r_lib.config import StudentConfig, TrainConfig
+    from l2r_lib.training import train_round
+
+    teacher, exams = round_data(args.questions)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch, max_length=256, **args.train_kw)
+    student = StudentConfig(name=str(student_dir), chat=True, **student_kw)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = train_round(teacher, exams, cfg, student, out / label, round_idx=1, use_reflection=True)
+    seconds = time.perf_counter() - start
+    memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if torch.cuda.is_available() else ""
+    print(f"{label}: {result.steps} steps of {args.batch} questions with self-reflection, {seconds / max(result.steps, 1):.2f} s/step "
+          f"(model load included: {seconds:.1f} s){memory}", flush=True)
+    return result.adapter_dir
+
+
+def check_exam(label: str, student_dir: Path, adapter: Path, args, engine: str) -> None:
+    from l2r_lib.config import ExamConfig, StudentConfig
+    from l2r_lib.exam import run_exam
+    from l2r_lib.tasks import load_examples
+    from l2r_lib.training import load_trained_student
+
+    student = StudentConfig(name=str(student_dir), chat=True, dtype="bfloat16" if args.gpu else "float32")
+    model, tokenizer = load_trained_student(student, adapter, merge=engine == "hf")
+    questions = load_examples("synthetic", "test")[: args.questions]
+    parts = []
+    for k in (1, 4):
+        cfg = ExamConfig(max_new_tokens=128, batch_size=args.exam_batch, num_samples=k, temperature=1.0, top_k=50, engine=engine)
+        result = run_exam(model, tokenizer, questions, "synthetic", cfg, progress=False)
+        parts.append(f"k={k} {result.tokens_per_s:.0f} tokens/s ({result.generated_tokens} tokens, {result.seconds:.1f} s)")
+    print(f"{label}: {len(questions)} questions, batch {args.exam_batch}: " + "; ".join(parts), flush=True)
+
+
+def vllm_missing() -> str | None:
+    """Why the vLLM exam cannot run here, or None (vLLM in this Python, or the `make install-vllm` environment)."""
+    if importlib.util.find_spec("vllm") is not None:
+        os.environ.setdefault("L2R_VLLM_VENV", sys.prefix)  # the exam's worker runs in this very environment
+        return None
+    from l2r_lib.exam_vllm import vllm_python
+
+    try:
+        vllm_python()
+    except FileNotFoundError:
+        return "vllm is not installed in this Python and there is no `make install-vllm` environment"
+    return None
+
+
+def check_accelerate(student_dir: Path, out: Path, args) -> None:
+    import torch
+
+    from l2r_lib.config import TrainConfig
+
+    if "processes" not in TrainConfig.__dataclass_fields__:
+        raise RuntimeError("this l2r has no train.processes")
+    n = max(1, torch.cuda.device_count())
+    args = dataclasses.replace(args, train_kw={**args.train_kw, "processes": n}, batch=args.batch - args.batch % n or n)
+    check_round(f"accelerate ({n} process{'es' * (n > 1)})", student_dir, out,
+                args, dtype="bfloat16" if args.gpu else "float32")
+
+
+@dataclasses.dataclass
+class Options:
+    gpu: bool
+    questions: int
+    batch: int
+    exam_batch: int
+    train_kw: dict
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path, help="save the tokenizer and wheels into this folder, then stop")
+    parser.add_argument("--carried", type=Path, help="a --bundle folder: its wheels installed, its tokenizer used "
+                        "(default: the l2r cache's SmolLM2 tokenizer, the packages of this Python)")
+    parser.add_argument("--small", action="store_true", help="a two-layer student and 16 questions (a CPU smoke run)")
+    parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora hf-exam vllm-exam accelerate)")
+    cli = parser.parse_args()
+    if cli.bundle:
+        bundle(cli.bundle)
+        return 0
+    if cli.carried:
+        install_carried(cli.carried / "whl")
+    import torch
+
+    gpu = torch.cuda.is_available()
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(f"env: torch {torch.__version__}, CUDA {torch.version.cuda}, {len(names)} GPU(s) {', '.join(names) or '-'}, "
+          f"bf16 {gpu and torch.cuda.is_bf16_supported()}", flush=True)
+    args = Options(gpu=gpu, questions=16 if cli.small else 256, batch=4 if cli.small else 16,
+                   exam_batch=8 if cli.small else 64, train_kw={})
+    failed = []
+
+    def run(name: str, check, *a, **kw):
+        if cli.only and name not in cli.only:
+            return None
+        try:
+            return check(*a, **kw)
+        except Exception as e:  # one broken engine must not hide the others' figures
+            failed.append(name)
+            print(f"{name}: FAIL {type(e).__name__}: {e}", flush=True)
+            traceback.print_exc()
+        return None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        student_dir = build_student_dir(out / "student", cli.carried and cli.carried / "tokenizer", "small" if cli.small else "smollm2")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            print("qlora: SKIP (bitsandbytes is not installed: carry its wheel, see --bundle)")
+        else:
+            run("qlora", check_round, "qlora nf4", student_dir, out, args, load_in_4bit=True, dtype="bfloat16" if gpu else "float32")
+        dtype = "bfloat16" if gpu else "float32"
+        adapter = run("lora", check_round, f"lora {dtype}", student_dir, out, args, dtype=dtype)
+        if adapter is not None:
+            run("hf-exam", check_exam, "hf exam", student_dir, adapter, args, "hf")
+            missing = vllm_missing()
+            if missing:
+                print(f"vllm exam: SKIP ({missing})")
+            else:
+                run("vllm-exam", check_exam, "vllm exam", student_dir, adapter, args, "vllm")
+        run("accelerate", check_accelerate, student_dir, out, args)
+    print(f"device check: {'FAILED ' + ', '.join(failed) if failed else 'all run checks passed'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -66,6 +66,7 @@ class Usage:
     abandoned: int = 0  # sent, no response read (deadline, cancelled, connection lost): may be billed
     cache_hits: int = 0  # answered from the cache (cost nothing)
     retries: int = 0  # failed attempts that were retried
+    batched: int = 0  # of the requests, failures and abandoned above: sent through the Batch API (its price)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0  # tokens and cost: of every response received, rejected ones included
@@ -208,8 +209,8 @@ class ChatClient:
     def key(self, req: ChatRequest) -> str:
         return request_key(self.cfg.model, req.messages, self.params(req.sample_idx))
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens / 1000 * self.cfg.price_per_1k_input + completion_tokens / 1000 * self.cfg.price_per_1k_output
+    def cost(self, prompt_tokens: int, completion_tokens: int, via: str = "live") -> float:
+        return self.cfg.price(prompt_tokens, completion_tokens, via)
 
     def estimate(self, requests: list[ChatRequest]) -> CostEstimate:
         """Dry run: what sending the uncached requests would cost at most; sends nothing."""
@@ -333,7 +334,7 @@ class ChatClient:
                 f"{usage.requests} answered (cached in {self.cache.path}), {usage.failed_after_response} failed after "
                 f"a response, {usage.abandoned} abandoned: rerun to send only the rest")
 
-    def _parse(self, key: str, resp, latency_s: float) -> CachedResponse:
+    def _parse(self, key: str, resp, latency_s: float, via: str = "live") -> CachedResponse:
         """The answer of a 200 response; MalformedResponse (retried, never cached) when there is none."""
         usage = getattr(resp, "usage", None)  # some servers omit it: count zero rather than guess
         try:
@@ -353,4 +354,4 @@ class ChatClient:
             raise MalformedResponse(f"completion content is {type(text).__name__}, not text", pt, ct)
         if not text.strip():
             raise MalformedResponse("empty completion" + (f" ({len(text)} characters of whitespace)" if text else ""), pt, ct)
-        return CachedResponse(key, text, pt, ct, self.cost(pt, ct), latency_s)
+        return CachedResponse(key, text, pt, ct, self.cost(pt, ct, via), latency_s)

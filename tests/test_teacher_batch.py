@@ -5,6 +5,7 @@ as a new batch or live; usage and cost at the batch price; a state file of other
 from __future__ import annotations
 
 import json
+import sqlite3
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from l2r_lib.config import PRICE_FACTORS, TeacherConfig
 from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher
 from l2r_lib.teacher_batch import STATE_FILE, BatchClient
-from l2r_lib.teacher_cache import TeacherCache
+from l2r_lib.teacher_cache import SCHEMA, TeacherCache
 
 EXAMPLES = load_examples("synthetic", "train")[:12]
 TESTS = Path(__file__).parent
@@ -261,3 +262,39 @@ def test_live_mode_is_unchanged(server, tmp_path):
     assert (fake.stats.uploads, fake.stats.live, teacher.usage.batched) == (0, len(EXAMPLES), 0)
     assert teacher.usage.cost_usd == pytest.approx(
         _live_price(teacher.cfg, fake.stats.prompt_tokens, fake.stats.completion_tokens))
+
+
+def test_a_cache_from_before_the_batch_api_counts_its_attempts_live(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.split("    via TEXT")[0].rstrip().rstrip(",") + "\n);")  # the old attempts table
+    db.execute("INSERT INTO attempts VALUES ('k', 's', 'abandoned', 0, 0, 0.0, 0.0)")
+    db.commit()
+    db.close()
+    with TeacherCache(path) as cache:
+        cache.record_attempt("k2", "s", "failed_after_response", 3, 4, 0.5, via="batch")
+        usage = cache.usage("s")
+    assert (usage["abandoned"], usage["failed_after_response"], usage["batched"]) == (1, 1, 1)
+
+
+def test_the_pipeline_keeps_the_batch_with_the_round_and_reports_the_batch_price(server, tmp_path):
+    import pandas as pd
+
+    from l2r_lib import pipeline
+    from l2r_lib.config import load_config
+    from l2r_lib.evaluation import teacher_table
+
+    fake = server()
+    cfg = load_config(TESTS.parent / "params" / "tiny.yaml", overrides={
+        "methods": ["std-cot"], "train_limit": 6, "teacher.kind": "openai", "teacher.model": "fake",
+        "teacher.base_url": fake.url, "teacher.mode": "batch", "teacher.batch_poll_s": 0.02, "teacher.n": 1})
+    rnd = pipeline.Round(cfg, tmp_path, "std-cot", "synthetic", 1)
+    estimate = pipeline.teacher_estimate(rnd)
+    done = pipeline.teacher_prompting(rnd)
+    assert (rnd.dir / STATE_FILE).is_file() and fake.stats.creates == 1
+    assert (done["usage_requests"], done["usage_batched"]) == (6, 6)
+    live = _live_price(cfg.teacher, fake.stats.prompt_tokens, fake.stats.completion_tokens)
+    assert done["usage_cost_usd"] == pytest.approx(0.5 * live) and estimate["cost_usd_max"] > done["usage_cost_usd"]
+    row = teacher_table(pd.DataFrame([{"method": "std-cot", "task": "synthetic", "round": 1, "teacher_requests": 6,
+                                       "teacher_batched": 6, "teacher_cost_usd": done["usage_cost_usd"]}])).iloc[0]
+    assert row["teacher_batched"] == 6

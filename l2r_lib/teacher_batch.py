@@ -73,7 +73,7 @@ class BatchClient(ChatClient):
         prompt = sum(approx_tokens(r.messages) for r in todo.values())
         completion = len(todo) * self.cfg.max_tokens
         return CostEstimate(len(requests), len(requests) - len(todo), len(todo), prompt, completion,
-                            self.cost(prompt, completion, "batch"))
+                            self.cost(prompt, completion, "batch"), price="batch")
 
     async def _send(self, todo: dict[str, ChatRequest], results: dict[str, ChatResult], usage: Usage, desc: str) -> None:
         state = load_state(self.state_path)
@@ -166,6 +166,7 @@ class BatchClient(ChatClient):
         failures = self._harvest(job, lines, todo, results, usage)
         if batch.status != "completed":
             errors = "; ".join(f"{e.code}: {e.message}" for e in (batch.errors.data or [])) if batch.errors else ""
+            errors = " ".join(redact(errors).split())[:300]  # an endpoint's message may echo what it was sent
             log.warning("teacher batch %s ended %s%s: %d of %d requests unanswered", batch.id, batch.status,
                         f" ({errors})" if errors else "", len(failures), len(job["custom_ids"]))
         elif failures:

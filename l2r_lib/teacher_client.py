@@ -104,6 +104,7 @@ class CostEstimate:
     prompt_tokens: int  # estimated, for the requests to send
     completion_tokens_max: int  # max_tokens per request to send: an upper bound
     cost_usd_max: float
+    price: str = "live"  # the price cost_usd_max is at: live | batch (teacher.mode)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

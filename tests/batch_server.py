@@ -39,6 +39,7 @@ class BatchStats:
     faults: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0  # of the good 200 lines, batch and live
     completion_tokens: int = 0
+    auth: set = field(default_factory=set)  # Authorization headers seen (kept in memory only)
 
 
 class FakeBatchServer:
@@ -56,9 +57,11 @@ class FakeBatchServer:
                 pass
 
             def do_GET(self) -> None:
+                server.stats.auth.add(self.headers.get("authorization"))
                 self._reply(*server.get(self.path))
 
             def do_POST(self) -> None:
+                server.stats.auth.add(self.headers.get("authorization"))
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 self._reply(*server.post(self.path, self.headers.get("content-type", ""), body))
 

@@ -21,6 +21,7 @@ from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher
 from l2r_lib.teacher_batch import STATE_FILE, BatchClient
 from l2r_lib.teacher_cache import SCHEMA, TeacherCache
+from teacher_fixtures import DUMMY_KEY, files_containing
 
 EXAMPLES = load_examples("synthetic", "train")[:12]
 TESTS = Path(__file__).parent
@@ -59,7 +60,8 @@ def _live_price(cfg: TeacherConfig, pt: int, ct: int) -> float:
     return pt / 1000 * cfg.price_per_1k_input + ct / 1000 * cfg.price_per_1k_output
 
 
-def test_one_batch_answers_every_miss_into_the_cache(server, tmp_path):
+def test_one_batch_answers_every_miss_into_the_cache(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
     fake = server(polls_to_run=3)
     teacher = _teacher(fake.url, tmp_path)
     records = teacher.rationales(EXAMPLES, 1)
@@ -71,6 +73,7 @@ def test_one_batch_answers_every_miss_into_the_cache(server, tmp_path):
     job, = _state(tmp_path)["jobs"]
     assert job["custom_ids"] == keys and job["status"] == "done" and job["ended"] == "completed"
     assert len(TeacherCache(tmp_path / "c.sqlite")) == len(EXAMPLES)
+    assert fake.stats.auth == {f"Bearer {DUMMY_KEY}"} and files_containing(tmp_path, DUMMY_KEY) == []
     assert (u.requests, u.batched, u.failed_after_response, u.retries) == (len(EXAMPLES), len(EXAMPLES), 0, 0)
     again = _teacher(fake.url, tmp_path)
     assert again.rationales(EXAMPLES, 1) == records
@@ -86,7 +89,7 @@ def test_usage_and_cost_at_the_batch_price(server, tmp_path):
     assert (u.prompt_tokens, u.completion_tokens) == (s.prompt_tokens, s.completion_tokens) and s.prompt_tokens > 0
     assert u.cost_usd == pytest.approx(PRICE_FACTORS["batch"] * _live_price(cfg, s.prompt_tokens, s.completion_tokens))
     assert PRICE_FACTORS["batch"] == 0.5
-    assert estimate.cost_usd_max == pytest.approx(
+    assert estimate.price == "batch" and estimate.cost_usd_max == pytest.approx(
         0.5 * _live_price(cfg, estimate.prompt_tokens, estimate.completion_tokens_max))
     billed = teacher.stage_usage()  # read back from the cache, as the pipeline reports it
     assert (billed.requests, billed.batched) == (len(EXAMPLES), len(EXAMPLES))

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import openai
@@ -30,8 +31,8 @@ from tqdm.auto import tqdm
 from .config import TeacherConfig
 from .redaction import redact
 from .teacher_cache import TeacherCache
-from .teacher_client import (ChatClient, ChatRequest, ChatResult, CostEstimate, MalformedResponse, Usage,
-                             approx_tokens, describe_error, resolve_endpoint)
+from .teacher_client import (ChatClient, ChatRequest, ChatResult, CostEstimate, MalformedResponse,
+                             TeacherRequestError, Usage, approx_tokens, describe_error, resolve_endpoint)
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +76,30 @@ class BatchClient(ChatClient):
         return CostEstimate(len(requests), len(requests) - len(todo), len(todo), prompt, completion,
                             self.cost(prompt, completion, "batch"), price="batch")
 
-    async def _send(self, todo: dict[str, ChatRequest], results: dict[str, ChatResult], usage: Usage, desc: str) -> None:
+    async def _send(self, todo: dict[str, ChatRequest], results: dict[str, ChatResult], usage: Usage,
+                    desc: str) -> None:
         state = load_state(self.state_path)
         self._check_pending(state, todo)
         base_url, api_key = resolve_endpoint(self.cfg)
         async with openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=self.cfg.timeout_s,
                                       max_retries=self.cfg.max_retries) as client:
             while True:
-                for job in [j for j in state["jobs"] if j["status"] != "done"]:  # a killed run's first
+                for job in [j for j in state["jobs"] if j["status"] != "done"]:  # a killed run's, or just sent
                     await self._finish(client, state, job, todo, results, usage, desc)
-                tried = {}
-                for job in state["jobs"]:
-                    for key in job["custom_ids"]:
-                        tried[key] = tried.get(key, 0) + 1
+                tried = Counter(key for job in state["jobs"] for key in job["custom_ids"])  # batches a key was in
                 left = [k for k in todo if k not in results]
-                again = [k for k in left if tried.get(k, 0) <= self.cfg.batch_retries]
-                usage.retries += sum(1 for k in left if tried.get(k, 0) > 0)
+                again = [k for k in left if tried[k] <= self.cfg.batch_retries]
+                usage.retries += sum(1 for k in left if tried[k] > 0)
                 if not again:
                     break
                 for start in range(0, len(again), MAX_LINES):
-                    await self._submit(client, state, {k: todo[k] for k in again[start:start + MAX_LINES]})
+                    try:
+                        await self._submit(client, state, {k: todo[k] for k in again[start:start + MAX_LINES]})
+                    except openai.NotFoundError as e:  # from None: the endpoint's body may echo the key
+                        raise TeacherRequestError(
+                            f"the teacher endpoint {base_url or 'OpenAI'} has no Batch API ({describe_error(e)}): "
+                            f"teacher.mode 'batch' needs the Files and Batches routes; use teacher.mode 'live'"
+                        ) from None
         live = {k: todo[k] for k in todo if k not in results}
         if live:
             log.warning("%d of %d teacher requests unanswered through the Batch API (teacher.batch_retries=%d; "

@@ -45,8 +45,9 @@ class BatchStats:
 class FakeBatchServer:
     def __init__(self, polls_to_run: int = 1, line_faults: list[str | None] | None = None,
                  batch_ends: list[str | None] | None = None, style: str = "openai"):
-        self.polls_to_run, self.line_faults, self.batch_ends = polls_to_run, list(line_faults or []), list(batch_ends or [])
-        self.style, self.hold = style, False
+        self.polls_to_run = polls_to_run
+        self.line_faults, self.batch_ends = list(line_faults or []), list(batch_ends or [])
+        self.style, self.hold, self.batch_routes = style, False, True  # batch_routes False: a live-only server
         self.stats, self.files, self.batches = BatchStats(), {}, {}
         self._lines_run = 0
         self._lock = threading.Lock()
@@ -94,6 +95,8 @@ class FakeBatchServer:
     def get(self, path: str) -> tuple[int, bytes | dict]:
         with self._lock:
             parts = path.split("?")[0].strip("/").split("/")  # v1, files|batches, id, ...
+            if not self.batch_routes:
+                return 404, {"error": {"message": f"no route GET {path}"}}
             if parts[1:2] == ["files"] and parts[3:] == ["content"] and parts[2] in self.files:
                 return 200, self.files[parts[2]]
             if parts[1:] == ["batches"]:
@@ -106,6 +109,8 @@ class FakeBatchServer:
     def post(self, path: str, ctype: str, body: bytes) -> tuple[int, dict]:
         with self._lock:
             parts = path.split("?")[0].strip("/").split("/")
+            if not self.batch_routes and parts[1] in ("files", "batches"):
+                return 404, {"error": {"message": f"no route POST {path}"}}
             if parts[1:] == ["files"]:
                 self.stats.uploads += 1
                 return 200, self._file(_multipart_file(ctype, body), "batch")

@@ -301,3 +301,13 @@ def test_the_pipeline_keeps_the_batch_with_the_round_and_reports_the_batch_price
     row = teacher_table(pd.DataFrame([{"method": "std-cot", "task": "synthetic", "round": 1, "teacher_requests": 6,
                                        "teacher_batched": 6, "teacher_cost_usd": done["usage_cost_usd"]}])).iloc[0]
     assert row["teacher_batched"] == 6
+
+
+def test_an_endpoint_without_the_batch_routes_is_one_clear_error(server, tmp_path):
+    from l2r_lib.teacher_client import TeacherRequestError
+
+    fake = server()
+    fake.batch_routes = False
+    with pytest.raises(TeacherRequestError, match=r"has no Batch API \(HTTP 404.*use teacher.mode 'live'"):
+        _teacher(fake.url, tmp_path).rationales(EXAMPLES, 1)
+    assert fake.stats.live == 0

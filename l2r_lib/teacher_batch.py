@@ -167,7 +167,7 @@ class BatchClient(ChatClient):
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 content = await client.files.content(file_id)
-                lines += [json.loads(line) for line in content.text.splitlines() if line.strip()]
+                lines += [_json(line) for line in content.text.splitlines() if line.strip()]
         failures = self._harvest(job, lines, todo, results, usage)
         if batch.status != "completed":
             errors = "; ".join(f"{e.code}: {e.message}" for e in (batch.errors.data or [])) if batch.errors else ""
@@ -194,7 +194,8 @@ class BatchClient(ChatClient):
             response, error = line.get("response") or {}, line.get("error")
             body = response.get("body")
             if error or response.get("status_code") != 200 or not isinstance(body, dict):
-                failures[key] = f"HTTP {response.get('status_code')}: {' '.join(redact(str(error)).split())[:200]}"
+                why = error or (body.get("error") if isinstance(body, dict) else None)  # OpenAI: in the body
+                failures[key] = f"HTTP {response.get('status_code')}: {' '.join(redact(str(why)).split())[:200]}"
                 continue
             try:
                 # built as the SDK builds a live response (unvalidated), so the live checks see the same object
@@ -225,6 +226,15 @@ class BatchClient(ChatClient):
         usage.prompt_tokens += pt
         usage.completion_tokens += ct
         usage.cost_usd += cost
+
+
+def _json(line: str) -> dict:
+    """One output line; a line that does not parse counts as no line (its request fails)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return {}
+    return row if isinstance(row, dict) else {}
 
 
 def _tokens(body: dict) -> tuple[int, int]:

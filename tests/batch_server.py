@@ -10,8 +10,8 @@ Routes: ``POST /v1/files`` (multipart upload), ``GET /v1/files/{id}/content``, `
 ``run_batch`` writes them).
 
 ``line_faults`` gives the i-th line the server runs (over all batches) a fault: ``500`` (an error
-status), ``empty``/``whitespace``/``refusal`` (a 200 with an unusable answer), ``expired`` (never
-run). ``batch_ends`` gives the i-th batch created its end: ``completed`` (default), ``expired`` or
+status), ``empty``/``whitespace``/``refusal`` (a 200 with an unusable answer), ``garbage`` (a line
+cut off: not JSON), ``expired`` (never run). ``batch_ends`` gives the i-th batch created its end: ``completed`` (default), ``expired`` or
 ``cancelled`` (its first half run, the rest in the error file), ``failed`` (nothing run).
 ``stats`` counts uploads, batch creates, polls, live requests and the usage of the good lines.
 """
@@ -166,10 +166,14 @@ class FakeBatchServer:
         for line in lines:
             fault = "expired" if line not in run else self._next_fault()
             row = self._line(line, fault, end)
+            if isinstance(row, str):  # a line that is not JSON
+                out.append(row)
+                continue
             ok = row["error"] is None and row["response"]["status_code"] == 200
             (out if ok or (self.style == "vllm" and row["response"] is not None) else err).append(row)
         counts = batch["request_counts"]
-        counts["failed"] = sum(1 for r in out + err if r["error"] is not None or r["response"]["status_code"] != 200)
+        counts["failed"] = sum(1 for r in out + err if isinstance(r, str) or r["error"] is not None
+                               or r["response"]["status_code"] != 200)
         counts["completed"] = counts["total"] - counts["failed"]
         batch.update(status=end, output_file_id=self._file(_jsonl(out), "batch_output")["id"] if out else None,
                      error_file_id=self._file(_jsonl(err), "batch_output")["id"] if err else None)
@@ -183,6 +187,8 @@ class FakeBatchServer:
         request_id = f"req_{uuid.uuid4().hex[:12]}"
         if fault is not None:
             self.stats.faults[fault] += 1
+        if fault == "garbage":
+            return '{"id": "batch_req_x", "custom_id": "' + line["custom_id"][:9]
         if fault == "expired":
             code = "batch_cancelled" if end == "cancelled" else "batch_expired"
             return row | {"response": None, "error": {"code": code, "message": f"the request was not run ({end})"}}
@@ -212,7 +218,7 @@ def _public(batch: dict) -> dict:
 
 
 def _jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
 
 
 def _multipart_file(ctype: str, body: bytes) -> bytes:

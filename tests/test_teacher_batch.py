@@ -159,16 +159,18 @@ def test_sigkilled_process_resumes_the_same_batch(server, tmp_path):
 
 
 @pytest.mark.parametrize("style", ["openai", "vllm"])
-def test_failed_lines_go_out_again_as_a_second_batch(server, tmp_path, style):
-    fake = server(line_faults=["500", "empty", None, "refusal", "whitespace"], style=style)
+def test_failed_lines_go_out_again_as_a_second_batch(server, tmp_path, caplog, style):
+    fake = server(line_faults=["500", "empty", None, "refusal", "whitespace", "garbage"], style=style)
     teacher = _teacher(fake.url, tmp_path)
-    records = teacher.rationales(EXAMPLES, 1)
+    with caplog.at_level("WARNING", logger="l2r_lib.teacher_batch"):
+        records = teacher.rationales(EXAMPLES, 1)
     s, u = fake.stats, teacher.usage
     assert len(records) == len(EXAMPLES) and len(TeacherCache(tmp_path / "c.sqlite")) == len(EXAMPLES)
-    assert s.creates == 2 and len(s.batched_ids[1]) == 4 and set(s.batched_ids[1]) < set(s.batched_ids[0])
-    assert s.live == 0 and [j["failed"] for j in _state(tmp_path)["jobs"]] == [4, 0]
-    # the rejected 200s were billed (their tokens counted at the batch price); the 500 was not
-    assert (u.requests, u.failed_after_response, u.batched, u.retries) == (12, 3, 15, 4)
+    assert s.creates == 2 and len(s.batched_ids[1]) == 5 and set(s.batched_ids[1]) < set(s.batched_ids[0])
+    assert s.live == 0 and [j["failed"] for j in _state(tmp_path)["jobs"]] == [5, 0]
+    assert "5 of 12 requests failed (first: HTTP 500: " in caplog.text and "internal server error" in caplog.text
+    # the rejected 200s were billed (their tokens counted at the batch price); the 500 and the cut line were not
+    assert (u.requests, u.failed_after_response, u.batched, u.retries) == (12, 3, 15, 5)
     assert teacher.stage_usage().failed_after_response == 3
 
 

@@ -313,3 +313,49 @@ def test_an_endpoint_without_the_batch_routes_is_one_clear_error(server, tmp_pat
     with pytest.raises(TeacherRequestError, match=r"has no Batch API \(HTTP 404.*use teacher.mode 'live'"):
         _teacher(fake.url, tmp_path).rationales(EXAMPLES, 1)
     assert fake.stats.live == 0
+
+
+@pytest.mark.slow
+def test_a_killed_l2r_run_polls_its_batch_again(server, tmp_path, data_dir):
+    """The whole CLI: killed while its teacher stage polls, rerun on the same --out."""
+    import yaml
+
+    fake = server()
+    fake.hold = True
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "name": "batch", "tasks": ["synthetic"], "methods": ["std-cot"], "rounds": 1, "train_limit": 6,
+        "test_limit": 4, "student": {"name": "tiny", "chat": False}, "exam": {"max_new_tokens": 8, "batch_size": 4},
+        "teacher": {"kind": "openai", "model": "fake", "base_url": fake.url, "max_tokens": 16, "mode": "batch",
+                    "batch_poll_s": 0.05},
+        "train": {"epochs": 1, "batch_size": 2, "max_length": 128, "lora_r": 4, "lora_alpha": 8}}))
+    run_dir = tmp_path / "run"
+    round_dir = run_dir / "std-cot" / "synthetic" / "round-1"
+    cmd = [sys.executable, "-m", "l2r_lib.cli", "run", str(params), "--out", str(run_dir)]
+    env = {**os.environ, "OPENAI_API_KEY": DUMMY_KEY, "L2R_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+
+    def run_until(condition) -> None:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not condition() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert condition(), proc.stderr.read()[-3000:] if proc.poll() is not None else "timed out"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+
+    run_until(lambda: fake.stats.polls >= 2)  # submitted, polling: then killed
+    assert (round_dir / STATE_FILE).is_file() and (fake.stats.uploads, fake.stats.creates) == (1, 1)
+    fake.hold = False
+    done = round_dir / "02_teacher_prompting.done.json"
+    run_until(done.is_file)
+    usage = json.loads(done.read_text())
+    assert (fake.stats.uploads, fake.stats.creates, fake.stats.live) == (1, 1, 0)
+    assert (usage["usage_requests"], usage["usage_batched"]) == (6, 6)
+    assert usage["usage_cost_usd"] == pytest.approx(
+        0.5 * _live_price(TeacherConfig(), fake.stats.prompt_tokens, fake.stats.completion_tokens))
+    assert files_containing(run_dir, DUMMY_KEY) == []

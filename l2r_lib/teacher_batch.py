@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from .config import TeacherConfig
 from .redaction import redact
 from .teacher_cache import TeacherCache
-from .teacher_client import (ChatClient, ChatRequest, ChatResult, CostEstimate, MalformedResponse,
-                             TeacherRequestError, Usage, approx_tokens, describe_error, resolve_endpoint)
+from .teacher_client import (ChatClient, ChatRequest, ChatResult, MalformedResponse, TeacherRequestError, Usage,
+                             describe_error, resolve_endpoint)
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +55,21 @@ def load_state(path: Path) -> dict:
         return {"jobs": []}
     try:
         state = json.loads(path.read_text())
-        assert isinstance(state.get("jobs"), list)
-        return state
-    except (ValueError, AssertionError):
+    except ValueError:
+        state = None
+    if not (isinstance(state, dict) and isinstance(state.get("jobs"), list)):
         raise ValueError(f"teacher batch state {path} is not a batch state file (JSON with a 'jobs' list); "
-                         f"restore it, or delete it to submit the requests again") from None
+                         f"restore it, or delete it to submit the requests again")
+    return state
 
 
 class BatchClient(ChatClient):
+    via = "batch"  # dry runs at the batch price (failed lines sent live later would cost more)
+
     def __init__(self, cfg: TeacherConfig, cache: TeacherCache, state_path: str | Path, progress: bool = True,
                  scope: str = ""):
         super().__init__(cfg, cache, progress=progress, scope=scope)
         self.state_path = Path(state_path)
-
-    def estimate(self, requests: list[ChatRequest]) -> CostEstimate:
-        """Dry run at the batch price (failed lines sent live later would cost more)."""
-        todo = {self.key(r): r for r in requests if self.key(r) not in self.cache}
-        prompt = sum(approx_tokens(r.messages) for r in todo.values())
-        completion = len(todo) * self.cfg.max_tokens
-        return CostEstimate(len(requests), len(requests) - len(todo), len(todo), prompt, completion,
-                            self.cost(prompt, completion, "batch"), price="batch")
 
     async def _send(self, todo: dict[str, ChatRequest], results: dict[str, ChatResult], usage: Usage,
                     desc: str) -> None:

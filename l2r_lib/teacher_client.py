@@ -200,6 +200,8 @@ def resolve_endpoint(cfg: TeacherConfig) -> tuple[str | None, str]:
 
 
 class ChatClient:
+    via = "live"  # the price a dry run is at (config.PRICE_FACTORS)
+
     def __init__(self, cfg: TeacherConfig, cache: TeacherCache, progress: bool = True, scope: str = ""):
         self.cfg, self.cache, self.progress, self.scope = cfg, cache, progress, scope
 
@@ -219,7 +221,7 @@ class ChatClient:
         prompt = sum(approx_tokens(r.messages) for r in todo.values())
         completion = len(todo) * self.cfg.max_tokens
         return CostEstimate(len(requests), len(requests) - len(todo), len(todo), prompt, completion,
-                            self.cost(prompt, completion))
+                            self.cost(prompt, completion, self.via), self.via)
 
     def complete(self, requests: list[ChatRequest], desc: str = "teacher") -> tuple[list[ChatResult], Usage]:
         """Results in request order, and this call's usage. Works inside a running loop (notebooks)."""

@@ -251,10 +251,11 @@ def test_a_state_file_of_other_requests_is_refused(server, tmp_path):
     assert fake.stats.creates == 2  # once the first batch is done, the other config submits its own
 
 
-def test_a_damaged_state_file_is_an_error_naming_it(server, tmp_path):
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"jobs": 3}'])
+def test_a_damaged_state_file_is_an_error_naming_it(server, tmp_path, text):
     fake = server()
     (tmp_path / "round").mkdir()
-    (tmp_path / "round" / STATE_FILE).write_text("{not json")
+    (tmp_path / "round" / STATE_FILE).write_text(text)
     with pytest.raises(ValueError, match="teacher_batch.json is not a batch state file"):
         _teacher(fake.url, tmp_path).rationales(EXAMPLES, 1)
     assert fake.stats.uploads == 0

@@ -134,6 +134,23 @@ def test_killed_between_upload_and_create_creates_the_batch_from_the_same_file(s
     assert (fake.stats.uploads, fake.stats.creates, fake.stats.live) == (1, 1, 0)
 
 
+def test_killed_after_create_before_its_id_was_saved_adopts_that_batch(server, tmp_path, monkeypatch):
+    fake = server()
+
+    async def create_unsaved(self, client, state, job):
+        await client.batches.create(input_file_id=job["input_file_id"], endpoint="/v1/chat/completions",
+                                    completion_window="24h")
+        raise RuntimeError("killed")  # before the batch id reached the state file
+
+    monkeypatch.setattr(BatchClient, "_create", create_unsaved)
+    with pytest.raises(RuntimeError, match="killed"):
+        _teacher(fake.url, tmp_path).rationales(EXAMPLES, 1)
+    monkeypatch.undo()
+    assert len(_teacher(fake.url, tmp_path).rationales(EXAMPLES, 1)) == len(EXAMPLES)
+    assert (fake.stats.uploads, fake.stats.creates, fake.stats.live) == (1, 1, 0)  # found by its input file
+    assert _state(tmp_path)["jobs"][0]["batch_id"] in fake.batches
+
+
 @pytest.mark.slow
 def test_sigkilled_process_resumes_the_same_batch(server, tmp_path):
     """A real kill: the job process dies while polling; the next run polls the batch it saved."""

@@ -57,6 +57,9 @@ class ExamConfig:
 
 
 TEACHER_KINDS = ("openai", "replay", "reference", "replay+reference")
+# how the openai teacher sends its requests -> the share of the live price the endpoint bills
+# (OpenAI's Batch API: half); the one table of prices by mode, for costs, dry runs and tables
+PRICE_FACTORS = {"live": 1.0, "batch": 0.5}
 
 
 @dataclass
@@ -80,6 +83,17 @@ class TeacherConfig:
     price_per_1k_input: float = 0.0005  # USD, for cost reports and dry runs
     price_per_1k_output: float = 0.0015
     replay_path: str | None = None  # replay kind: None: <data_dir>/recorded_teacher/<task>.*.jsonl
+    # live: one request at a time (bounded, rate limited) | batch: a stage's cache misses as one Batch API
+    # job (Files + Batches routes), billed at PRICE_FACTORS["batch"] of the prices above
+    mode: str = "live"
+    batch_poll_s: float = 30.0  # seconds between status polls of a batch
+    batch_window: str = "24h"  # the batch's completion_window
+    batch_retries: int = 1  # failed lines resubmitted as a new batch this many times, then sent live
+
+    def price(self, prompt_tokens: int, completion_tokens: int, via: str = "live") -> float:
+        """USD for these tokens sent ``via`` live or batch."""
+        return PRICE_FACTORS[via] * (prompt_tokens / 1000 * self.price_per_1k_input
+                                     + completion_tokens / 1000 * self.price_per_1k_output)
 
     def __post_init__(self):
         _validate(self, "teacher")
@@ -204,6 +218,8 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "teacher.temperature": within(0, 2), "teacher.max_tokens": above(0), "teacher.show_gold": ANY,
     "teacher.max_rationales": at_least(1), "teacher.price_per_1k_input": at_least(0),
     "teacher.price_per_1k_output": at_least(0), "teacher.replay_path": NON_EMPTY,
+    "teacher.mode": one_of(*PRICE_FACTORS), "teacher.batch_poll_s": above(0), "teacher.batch_window": NON_EMPTY,
+    "teacher.batch_retries": at_least(0),
     "train.epochs": above(0), "train.batch_size": above(0), "train.grad_accum": above(0), "train.lr": above(0),
     "train.warmup_ratio": within(0, 1), "train.weight_decay": at_least(0), "train.max_length": above(0),
     "train.prompt_weight": within(0, 1), "train.reflection_weight": at_least(0), "train.margin": at_least(0),

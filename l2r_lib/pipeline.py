@@ -187,7 +187,8 @@ def _teacher_job(rnd: Round):
     t, train, spec = rnd.cfg.teacher, rnd.examples("train"), rnd.spec
     cache = rnd.run_dir / "teacher_cache.sqlite"  # shared by methods and tasks: a prompt is paid once
     teacher = build_teacher(t, rnd.task, cache, kind=rnd.teacher_kind, data_dir=rnd.cfg.data_dir,
-                            scope=f"{rnd.method}/{rnd.task}/round-{rnd.round_idx}")  # usage is logged per round
+                            scope=f"{rnd.method}/{rnd.task}/round-{rnd.round_idx}",  # usage is logged per round
+                            batch_dir=rnd.dir)  # teacher.mode batch: the batch id kept with the round
     if rnd.round_idx == 1:
         return teacher, train, []
     mistaken = [r for r in (load_exam(rnd) or []) if not all(r.correct)]
@@ -289,6 +290,7 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
         "teacher": teacher.get("teacher"), "teacher_requests": teacher.get("usage_requests", 0),
         "teacher_failed_after_response": teacher.get("usage_failed_after_response", 0),
         "teacher_abandoned": teacher.get("usage_abandoned", 0),
+        "teacher_batched": teacher.get("usage_batched", 0),
         "teacher_questions": teacher.get("questions"), "teacher_kept": teacher.get("kept_records"),
         "teacher_dropped": teacher.get("records", 0) - teacher.get("kept_records", 0),
         "teacher_prompt_tokens": teacher.get("usage_prompt_tokens", 0),
@@ -340,7 +342,8 @@ def share_round1(rnd: Round, donor: str) -> None:
     metrics.update(method=rnd.method, shared_from=donor)
     # the donor's row counts what its teacher calls cost: counted again here, the table would bill them twice
     metrics.update({k: 0 for k in ("teacher_requests", "teacher_failed_after_response", "teacher_abandoned",
-                                   "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd")})
+                                   "teacher_batched", "teacher_prompt_tokens", "teacher_completion_tokens",
+                                   "teacher_cost_usd")})
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "SHARED.md").write_text(f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` "
                                    f"(feedback starts in round 2; both {'use' if rnd.uses_reflection else 'skip'} "

@@ -15,7 +15,8 @@ matches gold, distinct, at most ``max_rationales`` per question) and ``teacher``
 the text. The kinds:
 
 - ``openai``: any OpenAI-compatible endpoint via ``ChatClient`` (cached in ``cache_path``);
-  ``n`` samples per prompt. Name ``openai:<model>``.
+  ``n`` samples per prompt. Name ``openai:<model>``. With ``teacher.mode: batch`` its cache misses
+  go out as a Batch API job (``teacher_batch.BatchClient``), its state in ``batch_dir``.
 - ``replay``: a recorded real teacher (``<data_dir>/recorded_teacher/<task>.*.jsonl``), matched
   on normalized question text. Name ``replay:<model>``, e.g. ``replay:text-davinci-002``. Only
   rationale prompts were recorded, so ``feedback`` returns the recorded rationale with
@@ -44,6 +45,7 @@ from .arithmetic import computed_results, first_false_claim
 from .config import TeacherConfig
 from .records import ExamRecord, TeacherRecord
 from .tasks import Example, get_task, read_jsonl
+from .teacher_batch import STATE_FILE, BatchClient
 from .teacher_cache import TeacherCache
 from .teacher_client import ChatClient, ChatRequest, CostEstimate, Usage
 from .teacher_data import make_record, mark_kept, normalize_question, normalize_rationale
@@ -92,17 +94,23 @@ class Teacher:
 
 
 class OpenAITeacher(Teacher):
-    def __init__(self, cfg: TeacherConfig, task: str, cache_path: str | Path, progress: bool = True, scope: str = ""):
+    def __init__(self, cfg: TeacherConfig, task: str, cache_path: str | Path, progress: bool = True, scope: str = "",
+                 batch_dir: str | Path | None = None):
         super().__init__(cfg, task)
         self.name = f"openai:{cfg.model}"
-        self.client = ChatClient(cfg, TeacherCache(cache_path), progress=progress, scope=scope)
+        cache = TeacherCache(cache_path)
+        if cfg.mode == "batch":  # the batch's id is kept where the stage writes: a rerun resumes it
+            state = Path(batch_dir or Path(cache_path).parent) / STATE_FILE
+            self.client = BatchClient(cfg, cache, state, progress=progress, scope=scope)
+        else:
+            self.client = ChatClient(cfg, cache, progress=progress, scope=scope)
 
     def stage_usage(self) -> Usage:
         logged = self.client.cache.usage(self.client.scope)
         return Usage(requests=logged["answered"], failed_after_response=logged["failed_after_response"],
                      abandoned=logged["abandoned"], cache_hits=self.usage.cache_hits, retries=self.usage.retries,
                      prompt_tokens=logged["prompt_tokens"], completion_tokens=logged["completion_tokens"],
-                     cost_usd=logged["cost_usd"])
+                     batched=logged["batched"], cost_usd=logged["cost_usd"])
 
     def _rationale_requests(self, examples: list[Example]) -> list[ChatRequest]:
         return [ChatRequest(rationale_messages(ex.question, self.kind), s) for ex in examples for s in range(self.cfg.n)]
@@ -327,12 +335,14 @@ def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:
 # --- construction -----------------------------------------------------------------------------
 
 def build_teacher(cfg: TeacherConfig, task: str, cache_path: str | Path, kind: str | None = None,
-                  data_dir: str | Path | None = None, progress: bool = True, scope: str = "") -> Teacher:
+                  data_dir: str | Path | None = None, progress: bool = True, scope: str = "",
+                  batch_dir: str | Path | None = None) -> Teacher:
     """The teacher of ``kind`` (default ``cfg.kind``); ``cache_path`` is the openai kind's SQLite file,
-    where its usage is logged under ``scope``."""
+    where its usage is logged under ``scope``; ``batch_dir`` keeps its batch state (``teacher.mode:
+    batch``; default: the cache's folder)."""
     kind = kind or cfg.kind
     if kind == "openai":
-        return OpenAITeacher(cfg, task, cache_path, progress=progress, scope=scope)
+        return OpenAITeacher(cfg, task, cache_path, progress=progress, scope=scope, batch_dir=batch_dir)
     if kind == "replay":
         return ReplayTeacher(cfg, task, data_dir)
     if kind == "reference":

@@ -11,8 +11,8 @@ The WAL is folded into the file when it is opened and at the end of each teacher
 ``attempts`` logs every request that reached the endpoint, by outcome: ``answered`` (stored),
 ``failed_after_response`` (a response the client rejected: empty, a refusal, an unparseable
 body) and ``abandoned`` (sent, but no response read: past the deadline, cancelled, connection
-lost), under a ``scope`` (the pipeline's ``<method>/<task>/round-<k>``). Usage read from it
-survives a stage that fails or a process that is killed.
+lost), under a ``scope`` (the pipeline's ``<method>/<task>/round-<k>``), ``via`` the live client or
+the Batch API. Usage read from it survives a stage that fails or a process that is killed.
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     prompt_tokens INTEGER NOT NULL, -- as the response reported them (0 when there was none)
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    via TEXT NOT NULL DEFAULT 'live' -- live | batch (the Batch API: billed at its own price)
 );
 """
 OUTCOMES = ("answered", "failed_after_response", "abandoned")
+VIAS = ("live", "batch")
 
 
 class CacheDamagedError(RuntimeError):
@@ -107,6 +109,9 @@ class TeacherCache:
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError("; ".join(problems[:2]))
             self._db.executescript(SCHEMA)
+            if "via" not in {row[1] for row in self._db.execute("PRAGMA table_info(attempts)")}:
+                # a cache written before the Batch API: every attempt it logged was live
+                self._db.execute("ALTER TABLE attempts ADD COLUMN via TEXT NOT NULL DEFAULT 'live'")
         except sqlite3.OperationalError as e:  # the folder, not the file: read-only, full, missing
             raise _unwritable(self.path, e) from None
         except sqlite3.DatabaseError as e:
@@ -135,7 +140,8 @@ class TeacherCache:
         ).fetchone()
         return CachedResponse(*row) if row else None
 
-    def put(self, key: str, model: str, request: dict, response: CachedResponse, scope: str = "") -> bool:
+    def put(self, key: str, model: str, request: dict, response: CachedResponse, scope: str = "",
+            via: str = "live") -> bool:
         """Store a response and count it as answered, in one transaction; False if the key was
         already there (the first answer wins; the second was still paid, so it is counted)."""
         with self._db:
@@ -145,25 +151,29 @@ class TeacherCache:
                 (key, model, json.dumps(request, ensure_ascii=False), response.text, response.prompt_tokens,
                  response.completion_tokens, response.cost_usd, response.latency_s, time.time()),
             )
-            self._attempt(key, scope, "answered", response.prompt_tokens, response.completion_tokens, response.cost_usd)
+            self._attempt(key, scope, "answered", response.prompt_tokens, response.completion_tokens,
+                          response.cost_usd, via)
         return cur.rowcount == 1
 
     def record_attempt(self, key: str, scope: str, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0,
-                       cost_usd: float = 0.0) -> None:
+                       cost_usd: float = 0.0, via: str = "live") -> None:
         """Log a request that reached the endpoint but left no answer (failed after the response, abandoned)."""
-        self._attempt(key, scope, outcome, prompt_tokens, completion_tokens, cost_usd)
+        self._attempt(key, scope, outcome, prompt_tokens, completion_tokens, cost_usd, via)
 
-    def _attempt(self, key: str, scope: str, outcome: str, pt: int, ct: int, cost: float) -> None:
-        assert outcome in OUTCOMES, outcome
-        self._db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)", (key, scope, outcome, pt, ct, cost, time.time()))
+    def _attempt(self, key: str, scope: str, outcome: str, pt: int, ct: int, cost: float, via: str = "live") -> None:
+        assert outcome in OUTCOMES and via in VIAS, (outcome, via)
+        self._db.execute("INSERT INTO attempts (key, scope, outcome, prompt_tokens, completion_tokens, cost_usd, created, "
+                         "via) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (key, scope, outcome, pt, ct, cost, time.time(), via))
 
     def usage(self, scope: str) -> dict:
-        """What the endpoint may have billed for ``scope``, over every run: counts by outcome, tokens, cost."""
-        out = {o: 0 for o in OUTCOMES} | {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
-        rows = self._db.execute("SELECT outcome, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd) "
-                                "FROM attempts WHERE scope = ? GROUP BY outcome", (scope,))
-        for outcome, n, pt, ct, cost in rows:
-            out[outcome] = n
+        """What the endpoint may have billed for ``scope``, over every run: counts by outcome, tokens, cost,
+        and how many of those requests went through the Batch API (``batched``)."""
+        out = {o: 0 for o in OUTCOMES} | {"batched": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        rows = self._db.execute("SELECT outcome, via, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
+                                "SUM(cost_usd) FROM attempts WHERE scope = ? GROUP BY outcome, via", (scope,))
+        for outcome, via, n, pt, ct, cost in rows:
+            out[outcome] += n
+            out["batched"] += n if via == "batch" else 0
             out["prompt_tokens"] += pt or 0
             out["completion_tokens"] += ct or 0
             out["cost_usd"] += cost or 0.0

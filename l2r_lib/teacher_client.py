@@ -66,6 +66,7 @@ class Usage:
     abandoned: int = 0  # sent, no response read (deadline, cancelled, connection lost): may be billed
     cache_hits: int = 0  # answered from the cache (cost nothing)
     retries: int = 0  # failed attempts that were retried
+    batched: int = 0  # of the requests, failures and abandoned above: sent through the Batch API (its price)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0  # tokens and cost: of every response received, rejected ones included
@@ -103,6 +104,7 @@ class CostEstimate:
     prompt_tokens: int  # estimated, for the requests to send
     completion_tokens_max: int  # max_tokens per request to send: an upper bound
     cost_usd_max: float
+    price: str = "live"  # the price cost_usd_max is at: live | batch (teacher.mode)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -198,6 +200,8 @@ def resolve_endpoint(cfg: TeacherConfig) -> tuple[str | None, str]:
 
 
 class ChatClient:
+    via = "live"  # the price a dry run is at (config.PRICE_FACTORS)
+
     def __init__(self, cfg: TeacherConfig, cache: TeacherCache, progress: bool = True, scope: str = ""):
         self.cfg, self.cache, self.progress, self.scope = cfg, cache, progress, scope
 
@@ -208,8 +212,8 @@ class ChatClient:
     def key(self, req: ChatRequest) -> str:
         return request_key(self.cfg.model, req.messages, self.params(req.sample_idx))
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens / 1000 * self.cfg.price_per_1k_input + completion_tokens / 1000 * self.cfg.price_per_1k_output
+    def cost(self, prompt_tokens: int, completion_tokens: int, via: str = "live") -> float:
+        return self.cfg.price(prompt_tokens, completion_tokens, via)
 
     def estimate(self, requests: list[ChatRequest]) -> CostEstimate:
         """Dry run: what sending the uncached requests would cost at most; sends nothing."""
@@ -217,7 +221,7 @@ class ChatClient:
         prompt = sum(approx_tokens(r.messages) for r in todo.values())
         completion = len(todo) * self.cfg.max_tokens
         return CostEstimate(len(requests), len(requests) - len(todo), len(todo), prompt, completion,
-                            self.cost(prompt, completion))
+                            self.cost(prompt, completion, self.via), self.via)
 
     def complete(self, requests: list[ChatRequest], desc: str = "teacher") -> tuple[list[ChatResult], Usage]:
         """Results in request order, and this call's usage. Works inside a running loop (notebooks)."""
@@ -333,7 +337,7 @@ class ChatClient:
                 f"{usage.requests} answered (cached in {self.cache.path}), {usage.failed_after_response} failed after "
                 f"a response, {usage.abandoned} abandoned: rerun to send only the rest")
 
-    def _parse(self, key: str, resp, latency_s: float) -> CachedResponse:
+    def _parse(self, key: str, resp, latency_s: float, via: str = "live") -> CachedResponse:
         """The answer of a 200 response; MalformedResponse (retried, never cached) when there is none."""
         usage = getattr(resp, "usage", None)  # some servers omit it: count zero rather than guess
         try:
@@ -353,4 +357,4 @@ class ChatClient:
             raise MalformedResponse(f"completion content is {type(text).__name__}, not text", pt, ct)
         if not text.strip():
             raise MalformedResponse("empty completion" + (f" ({len(text)} characters of whitespace)" if text else ""), pt, ct)
-        return CachedResponse(key, text, pt, ct, self.cost(pt, ct), latency_s)
+        return CachedResponse(key, text, pt, ct, self.cost(pt, ct, via), latency_s)

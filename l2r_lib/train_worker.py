@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +28,20 @@ from .config import StudentConfig, TrainConfig, from_dict
 from .records import ExamRecord, TeacherRecord, load_jsonl, save_jsonl
 
 LOG_TAIL = 40  # lines of the worker's log an error quotes
+ERROR_LINE = re.compile(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception): ")  # a worker's exception, as torchrun prefixes it
+CONFIGS_DIR = Path(__file__).parent / "accelerate_configs"  # shipped accelerate configs: fsdp, deepspeed-zero3-offload
+
+
+def resolve_accelerate_config(name: str) -> Path:
+    """An accelerate config file: a path that exists, else a shipped one by name (``fsdp``)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = CONFIGS_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"train.accelerate_config = {name!r}: no such file and no shipped config (shipped: {known})")
 
 
 def _free_port() -> int:
@@ -40,9 +55,7 @@ def launch_command(cfg: TrainConfig, spec: Path) -> list[str]:
     """The ``accelerate launch`` command line of a round whose inputs are in ``spec``."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
     if cfg.accelerate_config:
-        if not Path(cfg.accelerate_config).is_file():
-            raise FileNotFoundError(f"train.accelerate_config = {cfg.accelerate_config!r}: no such file")
-        command += ["--config_file", cfg.accelerate_config]
+        command += ["--config_file", str(resolve_accelerate_config(cfg.accelerate_config))]
         if cfg.processes > 1:
             command += ["--num_processes", str(cfg.processes)]
     else:
@@ -82,8 +95,10 @@ def launch_round(
             tail.append(line)
             print(line, end="", flush=True)
     if proc.returncode != 0 or not (out_dir / "result.yaml").is_file():
-        raise RuntimeError(f"round training under accelerate launch failed (exit {proc.returncode}); the end of "
-                           f"{folder / 'train.log'}:\n{''.join(tail)}")
+        lines = (folder / "train.log").read_text().splitlines()
+        cause = next((line.split("]: ", 1)[-1] for line in lines if ERROR_LINE.match(line)), "no exception in the log")
+        raise RuntimeError(f"round training under accelerate launch failed (exit {proc.returncode}): {cause}\n"
+                           f"The end of {folder / 'train.log'}:\n{''.join(tail)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -735,9 +735,15 @@ def fit_round(
         processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv), ProgressPrinter()],
         train_cfg=cfg, use_reflection=use_reflection, batch_sampler=sampler,
     )
-    if trainer.accelerator.num_processes != processes:  # e.g. an FSDP config on a machine without GPUs
+    kind = trainer.accelerator.distributed_type
+    if trainer.accelerator.num_processes != processes:
         raise RuntimeError(f"accelerate launched {processes} processes but they do not train together "
-                           f"(distributed type {trainer.accelerator.distributed_type}); check train.accelerate_config")
+                           f"(distributed type {kind}); check train.accelerate_config")
+    for engine, flag, on in (("FSDP", "ACCELERATE_USE_FSDP", trainer.is_fsdp_enabled),
+                             ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", trainer.is_deepspeed_enabled)):
+        if os.environ.get(flag, "false").lower() == "true" and not on:  # accelerate would train unsharded instead
+            raise RuntimeError(f"train.accelerate_config asks for {engine}, but accelerate runs {kind} here: "
+                               "it shards only on GPUs; drop train.accelerate_config to train with DDP")
     trainer.remove_callback(PrinterCallback)  # with disable_tqdm it prints every log's raw dict: ProgressPrinter says it
     trainer.train(resume_from_checkpoint=checkpoint)
     state_dict = None

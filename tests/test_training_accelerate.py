@@ -208,3 +208,17 @@ def test_an_fsdp_config_without_gpus_is_a_clear_error(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=2, peft="none", processes=2, accelerate_config="fsdp")
     with pytest.raises(RuntimeError, match="asks for FSDP.*shards only on GPUs"):
         train_round(teacher, exams, cfg, StudentConfig(name="tiny", chat=False, dtype="float32"), tmp_path / "round1")
+
+
+def test_shipped_accelerate_configs_load_and_resolve_by_name(tmp_path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from l2r_lib.train_worker import CONFIGS_DIR, launch_command
+
+    kinds = {p.stem: load_config_from_file(str(p)).distributed_type for p in CONFIGS_DIR.glob("*.yaml")}
+    assert {k: str(v).split(".")[-1] for k, v in kinds.items()} == {"fsdp": "FSDP", "deepspeed-zero3-offload": "DEEPSPEED"}
+    command = launch_command(TrainConfig(batch_size=8, processes=2, accelerate_config="fsdp"), tmp_path / "spec.json")
+    assert command[command.index("--config_file") + 1] == str(CONFIGS_DIR / "fsdp.yaml")
+    assert command[command.index("--num_processes") + 1] == "2" and command[-3:] == ["-m", "l2r_lib.train_worker", str(tmp_path / "spec.json")]
+    with pytest.raises(FileNotFoundError, match=r"train\.accelerate_config = 'fdsp'.*shipped: deepspeed-zero3-offload, fsdp"):
+        launch_command(TrainConfig(accelerate_config="fdsp"), tmp_path / "spec.json")

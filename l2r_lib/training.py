@@ -622,6 +622,7 @@ def training_arguments(
     cfg: TrainConfig, out_dir: Path, seed: int, compute_dtype: torch.dtype, processes: int = 1
 ) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
     return TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -639,7 +640,10 @@ def training_arguments(
         **({f"{CHECKPOINTING}_kwargs": {"use_reentrant": False}} if cfg.gradient_checkpointing else {}),
         bf16=on_gpu and compute_dtype == torch.bfloat16,
         fp16=on_gpu and compute_dtype == torch.float16,
-        use_cpu=not on_gpu,
+        # DeepSpeed runs on CPUs through its own CPU accelerator: accelerate takes that path unforced,
+        # and counts the processes only when told their backend (gloo)
+        use_cpu=not on_gpu and not deepspeed,
+        **({"ddp_backend": "gloo"} if deepspeed and not on_gpu else {}),
         remove_unused_columns=False,
         report_to="none",
         seed=seed,
@@ -742,8 +746,8 @@ def fit_round(
     for engine, flag, on in (("FSDP", "ACCELERATE_USE_FSDP", trainer.is_fsdp_enabled),
                              ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", trainer.is_deepspeed_enabled)):
         if os.environ.get(flag, "false").lower() == "true" and not on:  # accelerate would train unsharded instead
-            raise RuntimeError(f"train.accelerate_config asks for {engine}, but accelerate runs {kind} here: "
-                               "it shards only on GPUs; drop train.accelerate_config to train with DDP")
+            raise RuntimeError(f"train.accelerate_config asks for {engine}, but accelerate runs {kind} here "
+                               f"({'it runs FSDP only on GPUs; on CPUs use deepspeed-zero3-offload' if engine == 'FSDP' else 'check the config'})")
     trainer.remove_callback(PrinterCallback)  # with disable_tqdm it prints every log's raw dict: ProgressPrinter says it
     trainer.train(resume_from_checkpoint=checkpoint)
     state_dict = None

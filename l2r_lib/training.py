@@ -9,6 +9,13 @@ negatives being the student's wrong rationales from the exam taken before the ro
     out_dir/checkpoint-N.incomplete  a checkpoint that could not be resumed from, moved aside
     out_dir/losses.csv        step, mle, triplet, total, lr, d_pos, d_neg (one row per optimizer step)
     out_dir/train_config.yaml the resolved configuration of the round
+    out_dir/launch/           the round's inputs and log under ``accelerate launch`` (``train_worker``)
+
+With ``train.peft: none`` (full fine-tuning) ``adapter/`` holds the whole model instead. With
+``train.processes > 1`` (DDP) or ``train.accelerate_config`` (DeepSpeed ZeRO-3, FSDP) the round runs
+in ``accelerate launch``; ``train.batch_size`` stays the batch of all processes together, each taking
+an equal slice, and each divides its loss sums by the whole batch's counts, so N processes compute
+what one would.
 
 Batch layout (B rows, distinct questions): ``[left-padded prompt (P) | right-padded target (T)]``,
 target = rationale + answer line + eos. Positive and negative views are the same kind of target
@@ -279,7 +286,8 @@ class ReflectionCollator:
 
 def cache_kwarg(model: torch.nn.Module) -> str:
     """The forward keyword for a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(model, "module", model)  # inside DDP, FSDP1 or a DeepSpeed engine
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
@@ -380,7 +388,8 @@ class ReflectionTrainer(Trainer):
         distances = torch.zeros(2, device=mle.device)  # sums of d(a, p) and d(a, n) over the triplet rows
         if reflect:
             # DDP counts one forward per backward: the views go through the module it wraps (their
-            # gradient reaches the same parameters before its reducer fires); FSDP's shards need its wrapper
+            # gradient reaches the same parameters before its reducer fires); DeepSpeed's and FSDP's
+            # shards are gathered by their wrapper, so the views go through it (one forward per view group)
             views_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
             anchor = REPRESENTATIONS[cfg.representation](out.hidden_states[-1][rows], inputs["anchor_span"][rows])  # (K, H)
             cache = _output_cache(out)

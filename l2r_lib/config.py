@@ -111,7 +111,7 @@ class TeacherConfig:
 @dataclass
 class TrainConfig:
     epochs: float = 2.0
-    batch_size: int = 8  # distinct questions per batch
+    batch_size: int = 8  # distinct questions per batch, across all processes (each takes batch_size / processes)
     grad_accum: int = 1
     lr: float = 3e-4
     warmup_ratio: float = 0.03
@@ -134,9 +134,17 @@ class TrainConfig:
     save_steps: int = 0  # checkpoint every N steps (0: every epoch)
     gradient_checkpointing: bool = False
     save_total_limit: int | None = 2  # Trainer checkpoints kept in <round>/checkpoints (None: all); resume needs 1
+    # lora: a LoRA adapter (QLoRA with student.load_in_4bit) | none: full fine-tuning (the official protocol),
+    # the round's "adapter" folder then holds the whole model
+    peft: str = "lora"
+    processes: int = 1  # data-parallel processes: > 1 runs the round under `accelerate launch` (DDP; gloo on a CPU)
+    # an accelerate config file (FSDP, DeepSpeed ZeRO-3, ...): the round runs under `accelerate launch --config_file`
+    accelerate_config: str | None = None
 
     def __post_init__(self):
         _validate(self, "train")
+        _check(self.batch_size % self.processes == 0, "train.batch_size", self.batch_size,
+               f"must be a multiple of train.processes = {self.processes} (each process takes an equal share of a batch)")
 
 
 @dataclass
@@ -227,6 +235,7 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "train.mix_previous_rounds": ANY, "train.lora_r": above(0), "train.lora_alpha": above(0),
     "train.lora_dropout": within(0, 1, hi_open=True), "train.lora_target_modules": NON_EMPTY,
     "train.save_steps": at_least(0), "train.gradient_checkpointing": ANY, "train.save_total_limit": at_least(1),
+    "train.peft": one_of("lora", "none"), "train.processes": above(0), "train.accelerate_config": NON_EMPTY,
 }
 
 

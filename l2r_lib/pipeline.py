@@ -237,7 +237,8 @@ def teacher_records(rnd: Round) -> list[TeacherRecord]:
 
 
 def round_training(rnd: Round, force: bool = False) -> dict:
-    """03: train this round from the previous round's adapter (LoRA on a CPU, QLoRA on a GPU)."""
+    """03: train this round from the previous round's adapter (LoRA on a CPU, QLoRA on a GPU; the whole
+    model with ``train.peft: none``), under ``accelerate launch`` with ``train.processes > 1``."""
     from .training import clear_round, train_round
 
     if (done := rnd.cached("03_round_training", force)) is not None:

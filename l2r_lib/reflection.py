@@ -20,7 +20,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # label of a position that is not predicted (padding)
 
 
-def weighted_mle_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_mle_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, normaliser: torch.Tensor | float | None = None
+) -> torch.Tensor:
     """Weighted next-token loss: ``sum(w_t * CE_t) / #predicted tokens``.
 
     Args:
@@ -28,6 +30,8 @@ def weighted_mle_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch
         labels: (B, L) the input ids, ``IGNORE_INDEX`` where nothing is predicted (padding).
             Shifted here: position t's logits predict ``labels[:, t + 1]``.
         weights: (B, L) weight of predicting ``labels[:, t]`` (prompt tokens ``w``, the rest 1).
+        normaliser: what the sum is divided by instead of this batch's predicted tokens (data
+            parallel: the count over every process's share of the batch, over the process count).
 
     Returns:
         () the loss; 0 when nothing is predicted.
@@ -41,7 +45,7 @@ def weighted_mle_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch
         ignore_index=IGNORE_INDEX, reduction="none",
     ).view_as(shift_labels)  # (B, L-1), 0 at ignored positions
     valid = shift_labels.ne(IGNORE_INDEX)
-    return (ce * shift_weights * valid).sum() / valid.sum().clamp(min=1)
+    return (ce * shift_weights * valid).sum() / (valid.sum().clamp(min=1) if normaliser is None else normaliser)
 
 
 def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -59,7 +63,8 @@ def triplet_distances(
 
 
 def triplet_loss(
-    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, mask: torch.Tensor, margin: float = 1.0
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, mask: torch.Tensor, margin: float = 1.0,
+    normaliser: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Masked mean of ``max(d(a, p) - d(a, n) + margin, 0)`` with ``d = 1 - cos``.
 
@@ -67,6 +72,7 @@ def triplet_loss(
         anchor, positive, negative: (N, H) representations.
         mask: (N,) bool or 0/1; rows that have both a positive and a negative.
         margin: the triplet margin.
+        normaliser: what the sum is divided by instead of the masked rows (see ``weighted_mle_loss``).
 
     Returns:
         () the mean over masked rows; 0 (with gradient graph intact) when no row is masked.
@@ -75,7 +81,7 @@ def triplet_loss(
     assert mask.shape == anchor.shape[:1], f"{mask.shape=} vs {anchor.shape=}"
     per_row = torch.clamp(cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin, min=0.0)
     mask = mask.to(per_row.dtype)
-    return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
+    return (per_row * mask).sum() / (mask.sum().clamp(min=1.0) if normaliser is None else normaliser)
 
 
 def last_token_repr(hidden: torch.Tensor, span: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,13 @@ negatives being the student's wrong rationales from the exam taken before the ro
     out_dir/checkpoint-N.incomplete  a checkpoint that could not be resumed from, moved aside
     out_dir/losses.csv        step, mle, triplet, total, lr, d_pos, d_neg (one row per optimizer step)
     out_dir/train_config.yaml the resolved configuration of the round
+    out_dir/launch/           the round's inputs and log under ``accelerate launch`` (``train_worker``)
+
+With ``train.peft: none`` (full fine-tuning) ``adapter/`` holds the whole model instead. With
+``train.processes > 1`` (DDP) or ``train.accelerate_config`` (DeepSpeed ZeRO-3, FSDP) the round runs
+in ``accelerate launch``; ``train.batch_size`` stays the batch of all processes together, each taking
+an equal slice, and each divides its loss sums by the whole batch's counts, so N processes compute
+what one would.
 
 Batch layout (B rows, distinct questions): ``[left-padded prompt (P) | right-padded target (T)]``,
 target = rationale + answer line + eos. Positive and negative views are the same kind of target
@@ -49,7 +56,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .config import StudentConfig, TrainConfig
 from .prompts import build_prompt, demos_for, format_target
 from .records import ExamRecord, TeacherRecord
-from .reflection import IGNORE_INDEX, REPRESENTATIONS, triplet_distances, triplet_loss, weighted_mle_loss
+from .reflection import IGNORE_INDEX, REPRESENTATIONS, cosine_distance, triplet_loss, weighted_mle_loss
 from .student import load_student
 
 log = logging.getLogger(__name__)
@@ -152,6 +159,8 @@ class ReflectionDataset(Dataset):
         return len(self.features)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:  # a dummy row (``QuestionBatchSampler(pad=True)``): a copy of row -1 - index with no loss
+            return {**self[-1 - index], "dummy": True}
         epoch, i = divmod(index, len(self.features))
         f = self.features[i]
         draw = f["anchor_index"] + epoch
@@ -168,12 +177,18 @@ class QuestionBatchSampler(Sampler[list[int]]):
     (random tie-break), which gives the fewest batches, ``max(ceil(N / B), max rows of a
     question)``, the same for every epoch; the batches are then shuffled. Indices are offset by
     ``epoch * N`` (``ReflectionDataset`` reads the epoch from them).
+
+    ``pad``: every batch is filled up to ``batch_size`` with dummy rows (index ``-1 - i``, a copy of
+    the batch's first row i that carries no loss). Several processes need it: accelerate's
+    ``split_batches`` gives each process an equal slice of a batch, and drops a short batch that is
+    not the last one (and fills a short last one with repeated rows, which would count twice).
     """
 
-    def __init__(self, question_ids: list[str], batch_size: int, seed: int = 0):
+    def __init__(self, question_ids: list[str], batch_size: int, seed: int = 0, pad: bool = False):
         self.question_ids = list(question_ids)
         self.batch_size = batch_size
         self.seed = seed
+        self.pad = pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -197,7 +212,8 @@ class QuestionBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         offset = self.epoch * len(self.question_ids)
         for batch in self.batches(self.epoch):
-            yield [offset + i for i in batch]
+            batch = [offset + i for i in batch]
+            yield batch + [-1 - batch[0]] * (self.batch_size - len(batch)) if self.pad else batch
 
     def __len__(self) -> int:
         counts: dict[str, int] = {}
@@ -219,6 +235,7 @@ class ReflectionCollator:
     ``cont_input_ids``/``cont_attention_mask`` (2K, R), positives first, right-padded, each view
     ending with its eos. The MLE learns to predict the anchor's eos (as the official code's
     does), except after a rationale cut at ``max_length``; the eos's own state predicts nothing.
+    A dummy row (``"dummy"`` set) predicts nothing and has no triplet.
     """
 
     pad_token_id: int
@@ -240,10 +257,15 @@ class ReflectionCollator:
             anchor_span[i, P:P + f["reason_len"] + 1] = True
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+T), prompt starts at 0
         labels = input_ids.masked_fill(attention_mask.eq(0), IGNORE_INDEX)
+        # a row's first token has nothing before it: predicting it from a padding position would make
+        # the loss depend on which rows share the batch (several processes split a batch differently)
+        labels[torch.arange(B), (P - torch.tensor([len(f["prompt_ids"]) for f in features]))] = IGNORE_INDEX
         for i, f in enumerate(features):
             if f.get("truncated"):  # a cut rationale does not end here
                 labels[i, P + len(f["target_ids"]) - 1] = IGNORE_INDEX
-        rows = [i for i, f in enumerate(features) if f["positive_ids"] and f["negative_ids"]]
+            if f.get("dummy"):
+                labels[i] = IGNORE_INDEX
+        rows = [i for i, f in enumerate(features) if f["positive_ids"] and f["negative_ids"] and not f.get("dummy")]
         views = [features[i]["positive_ids"] for i in rows] + [features[i]["negative_ids"] for i in rows]
         R = max((len(v) for v in views), default=0)
         cont_input_ids = torch.full((len(views), R), self.pad_token_id, dtype=torch.long)
@@ -264,7 +286,8 @@ class ReflectionCollator:
 
 def cache_kwarg(model: torch.nn.Module) -> str:
     """The forward keyword for a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(model, "module", model)  # inside DDP, FSDP1 or a DeepSpeed engine
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
@@ -351,35 +374,67 @@ class ReflectionTrainer(Trainer):
         cfg = self.train_cfg
         rows = inputs["triplet_rows"]
         reflect = self.use_reflection and rows.numel() > 0
+        tokens, triplets = self.global_counts(inputs["labels"][:, 1:].ne(IGNORE_INDEX).sum(), rows.numel())
+        # Each process divides its sums by the counts of the whole batch over the process count: the
+        # mean of the processes' gradients (DDP) is then the gradient of the one-process loss.
+        share = self.accelerator.num_processes
         out = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
             position_ids=inputs["position_ids"], use_cache=reflect, output_hidden_states=reflect,
         )
         weights = torch.where(inputs["prompt_token"], cfg.prompt_weight, 1.0)  # (B, P+T)
-        mle = weighted_mle_loss(out.logits, inputs["labels"], weights)
+        mle = weighted_mle_loss(out.logits, inputs["labels"], weights, tokens.clamp(min=1) / share)
         triplet = torch.zeros((), device=mle.device)
+        distances = torch.zeros(2, device=mle.device)  # sums of d(a, p) and d(a, n) over the triplet rows
         if reflect:
+            # DDP counts one forward per backward: the views go through the module it wraps (their
+            # gradient reaches the same parameters before its reducer fires); DeepSpeed's and FSDP's
+            # shards are gathered by their wrapper, so the views go through it (one forward per view group)
+            views_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
             anchor = REPRESENTATIONS[cfg.representation](out.hidden_states[-1][rows], inputs["anchor_span"][rows])  # (K, H)
             cache = _output_cache(out)
             if cache is None:  # gradient checkpointing turns the anchor's cache off
                 P = inputs["prompt_attention_mask"].size(1)
                 with torch.no_grad():
-                    cache = _output_cache(model(
+                    cache = _output_cache(views_model(
                         input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
                         position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
                     ))
-            positive, negative = self.view_representations(model, inputs, cache).chunk(2)
+            positive, negative = self.view_representations(views_model, inputs, cache).chunk(2)
             every = torch.ones_like(rows, dtype=torch.bool)
-            triplet = triplet_loss(anchor, positive, negative, every, cfg.margin)
-            if model.training:
-                d_pos, d_neg = triplet_distances(anchor.detach(), positive.detach(), negative.detach(), every)
-                self._metrics["d_pos"].append(d_pos.item())
-                self._metrics["d_neg"].append(d_neg.item())
+            triplet = triplet_loss(anchor, positive, negative, every, cfg.margin, triplets.clamp(min=1) / share)
+            with torch.no_grad():
+                distances = torch.stack([cosine_distance(anchor, positive).sum(), cosine_distance(anchor, negative).sum()])
         total = mle + cfg.reflection_weight * triplet
         if model.training:
-            for name, value in (("mle", mle), ("triplet", triplet), ("total", total)):
-                self._metrics[name].append(value.item())
+            self.record_metrics(torch.stack([mle.detach(), triplet.detach(), total.detach(), *distances.float()]), triplets)
         return (total, out) if return_outputs else total
+
+    def global_counts(self, tokens: torch.Tensor, triplets: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted tokens, triplet rows) of the whole batch: summed over the processes' shares."""
+        counts = torch.stack([tokens.float(), torch.tensor(float(triplets), device=tokens.device)])
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return counts[0], counts[1]
+
+    def record_metrics(self, values: torch.Tensor, triplets: torch.Tensor) -> None:
+        """Keep this batch's mle, triplet, total and mean distances, summed over the processes (each
+        process's losses are its share of the batch's, times the process count)."""
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        mle, triplet, total, d_pos, d_neg = values.tolist()
+        share = self.accelerator.num_processes
+        for name, value in (("mle", mle / share), ("triplet", triplet / share), ("total", total / share)):
+            self._metrics[name].append(value)
+        if self.use_reflection and triplets.item() > 0:
+            self._metrics["d_pos"].append(d_pos / triplets.item())
+            self._metrics["d_neg"].append(d_neg / triplets.item())
+
+    def _run_epoch(self, *args, epoch: int, **kwargs):
+        # Trainer sets the epoch through one wrapper only; on a resume with several processes the
+        # sampler sits two deep (SkipBatchSampler(BatchSamplerShard(...))): set it here, always
+        self.batch_sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics["total"]:
@@ -452,29 +507,44 @@ def _truncate_losses(path: Path, last_step: int) -> None:
 
 # --- resume only from a complete checkpoint -------------------------------------------------
 
+# What Trainer writes into a checkpoint, by kind: the first name found of each group is checked
+# (a folder: FSDP's sharded state or DeepSpeed's, checked to be non-empty)
+CHECKPOINT_CONFIGS = ("adapter_config.json", "config.json")
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+                      "pytorch_model.bin", "pytorch_model_fsdp_0")
+CHECKPOINT_OPTIMIZERS = ("optimizer.pt", "optimizer.bin", "optimizer_0")
+
+
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why Trainer could not resume from ``checkpoint`` (a file it needs missing or not loading), or None."""
     import safetensors.torch
     from transformers.trainer_pt_utils import safe_globals
 
-    weights = next((n for n in ("adapter_model.safetensors", "adapter_model.bin") if (checkpoint / n).is_file()),
-                   "adapter_model.safetensors")
-
     def load_torch(path: Path) -> None:
         with safe_globals():  # as Trainer loads them (numpy arrays in rng_state allowed)
             torch.load(path, map_location="cpu", weights_only=True)
 
-    needed = {
-        "trainer_state.json": lambda path: json.loads(path.read_text())["global_step"],
-        "adapter_config.json": lambda path: json.loads(path.read_text()),
-        weights: safetensors.torch.load_file if weights.endswith(".safetensors") else load_torch,
-        "optimizer.pt": load_torch, "scheduler.pt": load_torch, "rng_state.pth": load_torch,
-    }
-    for name, load in needed.items():
-        if not (checkpoint / name).is_file():
+    def load(path: Path) -> None:
+        if path.is_dir():
+            assert any(path.iterdir()), "empty folder"
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            safetensors.torch.load_file(path)
+        else:
+            load_torch(path)
+
+    first = lambda names: next((n for n in names if (checkpoint / n).exists()), names[0])
+    deepspeed = next(checkpoint.glob("global_step*"), None)  # DeepSpeed keeps weights and optimizer there
+    rng = sorted(p.name for p in checkpoint.glob("rng_state*.pth")) or ["rng_state.pth"]  # rng_state_<rank>.pth: several processes
+    needed = {"trainer_state.json": lambda path: json.loads(path.read_text())["global_step"], first(CHECKPOINT_CONFIGS): load}
+    needed.update({deepspeed.name: load} if deepspeed else {first(CHECKPOINT_WEIGHTS): load, first(CHECKPOINT_OPTIMIZERS): load})
+    needed.update({"scheduler.pt": load_torch, **dict.fromkeys(rng, load_torch)})
+    for name, check in needed.items():
+        if not (checkpoint / name).exists():
             return f"{name} is missing"
         try:
-            load(checkpoint / name)
+            check(checkpoint / name)
         except Exception as e:  # whatever way a half-written file fails to load
             return f"{name} does not load ({type(e).__name__}: {str(e)[:120]})"
     return None
@@ -520,12 +590,25 @@ def peft_quietly():
         yield
 
 
+def is_trained_model(folder: str | Path) -> bool:
+    """Whether ``folder`` holds what ``train_round`` saves: a LoRA adapter, or a whole model (``train.peft: none``)."""
+    return (Path(folder) / "adapter_config.json").is_file() or (Path(folder) / "config.json").is_file()
+
+
 def build_student(student_cfg: StudentConfig, cfg: TrainConfig, init_adapter: Path | None = None, seed: int = 0):
-    """(peft model, tokenizer): the student with a fresh LoRA adapter or ``init_adapter`` to go on training."""
+    """(model, tokenizer): the student with a fresh LoRA adapter or ``init_adapter`` to go on training;
+    with ``train.peft: none`` the whole student (``init_adapter``: the previous round's whole model)."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
     set_seed(seed)
+    if cfg.peft == "none":
+        if student_cfg.load_in_4bit:
+            raise ValueError("train.peft = 'none' (full fine-tuning) cannot train a 4-bit student: set student.load_in_4bit: false")
+        if init_adapter is not None and not (Path(init_adapter) / "config.json").is_file():
+            raise FileNotFoundError(f"init_adapter {str(init_adapter)!r} holds no config.json; with train.peft = 'none' "
+                                    "pass the previous round's out_dir/adapter (a whole model)")
+        return load_student(str(init_adapter) if init_adapter else student_cfg.name, dtype=student_cfg.dtype)
     model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype)
     if student_cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
@@ -544,8 +627,11 @@ def build_student(student_cfg: StudentConfig, cfg: TrainConfig, init_adapter: Pa
         return get_peft_model(model, lora), tokenizer
 
 
-def training_arguments(cfg: TrainConfig, out_dir: Path, seed: int, compute_dtype: torch.dtype) -> TrainingArguments:
+def training_arguments(
+    cfg: TrainConfig, out_dir: Path, seed: int, compute_dtype: torch.dtype, processes: int = 1
+) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
     return TrainingArguments(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -563,13 +649,19 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, seed: int, compute_dtype
         **({f"{CHECKPOINTING}_kwargs": {"use_reentrant": False}} if cfg.gradient_checkpointing else {}),
         bf16=on_gpu and compute_dtype == torch.bfloat16,
         fp16=on_gpu and compute_dtype == torch.float16,
-        use_cpu=not on_gpu,
+        # DeepSpeed runs on CPUs through its own CPU accelerator: accelerate takes that path unforced,
+        # and counts the processes only when told their backend (gloo)
+        use_cpu=not on_gpu and not deepspeed,
+        **({"ddp_backend": "gloo"} if deepspeed and not on_gpu else {}),
         remove_unused_columns=False,
         report_to="none",
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=True,  # ProgressPrinter's lines instead: they reach a terminal from a notebook too
+        # several processes: each takes an equal slice of every (padded) batch of QuestionBatchSampler
+        **({"accelerator_config": {"split_batches": True}} if processes > 1 else {}),
+        ddp_find_unused_parameters=False,  # the anchor's forward uses every trained parameter
     )
 
 
@@ -591,51 +683,95 @@ def train_round(
 
     A finished round (``out_dir/adapter`` exists) returns at once; otherwise training resumes from
     the newest complete checkpoint in ``out_dir/checkpoints`` when ``resume`` (incomplete newer
-    ones are moved aside, see ``last_complete_checkpoint``).
+    ones are moved aside, see ``last_complete_checkpoint``). With ``train.processes > 1`` or
+    ``train.accelerate_config`` the training runs in ``accelerate launch`` (see ``train_worker``).
     """
     out_dir = Path(out_dir)
     adapter_dir, losses_csv, result_file = out_dir / "adapter", out_dir / "losses.csv", out_dir / "result.yaml"
-    if (adapter_dir / "adapter_config.json").is_file() and result_file.is_file():
+    if is_trained_model(adapter_dir) and result_file.is_file():
         done = yaml.safe_load(result_file.read_text())
         return TrainResult(adapter_dir, int(done["steps"]), losses_csv, done.get("resumed_from_step"), skipped=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    result_file.unlink(missing_ok=True)
     checkpoint = last_complete_checkpoint(out_dir) if resume else None
     if checkpoint is None:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         losses_csv.unlink(missing_ok=True)
+    else:
+        _truncate_losses(losses_csv, int(Path(checkpoint).name.split("-")[-1]))
+        log.info("resuming round %d from %s", round_idx, checkpoint)
+    args = (teacher_records, exam_records, cfg, student_cfg, out_dir, init_adapter, round_idx, use_reflection, seed, task, checkpoint)
+    if cfg.processes > 1 or cfg.accelerate_config:
+        from .train_worker import launch_round
 
+        launch_round(*args)
+    else:
+        fit_round(*args)
+    done = yaml.safe_load(result_file.read_text())
+    return TrainResult(adapter_dir, int(done["steps"]), losses_csv, done.get("resumed_from_step"))
+
+
+def fit_round(
+    teacher_records: list[TeacherRecord],
+    exam_records: list[ExamRecord] | None,
+    cfg: TrainConfig,
+    student_cfg: StudentConfig,
+    out_dir: Path,
+    init_adapter: str | Path | None,
+    round_idx: int,
+    use_reflection: bool,
+    seed: int,
+    task: str | None,
+    checkpoint: str | None,
+) -> None:
+    """The training of ``train_round`` in this process, one of several under ``accelerate launch``
+    or alone: from ``checkpoint`` (None: the start), writing ``out_dir/adapter`` and ``result.yaml``."""
+    adapter_dir, losses_csv = out_dir / "adapter", out_dir / "losses.csv"
     model, tokenizer = build_student(student_cfg, cfg, Path(init_adapter) if init_adapter else None, seed)
     features = build_features(teacher_records, exam_records, tokenizer, cfg, student_cfg, round_idx, task)
-    sampler = QuestionBatchSampler([f["question_id"] for f in features], cfg.batch_size, seed)
     compute_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.uint8)
-    args = training_arguments(cfg, out_dir, seed, compute_dtype)
-    (out_dir / "train_config.yaml").write_text(yaml.safe_dump({
-        "train": dataclasses.asdict(cfg), "student": dataclasses.asdict(student_cfg), "round_idx": round_idx,
-        "use_reflection": use_reflection, "seed": seed, "task": task,
-        "init_adapter": os.path.relpath(init_adapter, out_dir) if init_adapter else None, "rows": len(features),
-        "rows_with_triplet": sum(bool(f["positives"] and f["negatives"]) for f in features),
-    }, sort_keys=False))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch
+    if cfg.batch_size % processes:
+        raise ValueError(f"train.batch_size = {cfg.batch_size}: must be a multiple of the {processes} processes "
+                         "accelerate launched (each takes an equal share of a batch)")
+    args = training_arguments(cfg, out_dir, seed, compute_dtype, processes)
+    sampler = QuestionBatchSampler([f["question_id"] for f in features], cfg.batch_size, seed, pad=processes > 1)
+    if args.process_index == 0:
+        (out_dir / "train_config.yaml").write_text(yaml.safe_dump({
+            "train": dataclasses.asdict(cfg), "student": dataclasses.asdict(student_cfg), "round_idx": round_idx,
+            "use_reflection": use_reflection, "seed": seed, "task": task, "processes": processes,
+            "init_adapter": os.path.relpath(init_adapter, out_dir) if init_adapter else None, "rows": len(features),
+            "rows_with_triplet": sum(bool(f["positives"] and f["negatives"]) for f in features),
+        }, sort_keys=False))
     trainer = ReflectionTrainer(
         model=model, args=args, train_dataset=ReflectionDataset(features), data_collator=ReflectionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv), ProgressPrinter()],
         train_cfg=cfg, use_reflection=use_reflection, batch_sampler=sampler,
     )
+    kind = trainer.accelerator.distributed_type
+    if trainer.accelerator.num_processes != processes:
+        raise RuntimeError(f"accelerate launched {processes} processes but they do not train together "
+                           f"(distributed type {kind}); check train.accelerate_config")
+    for engine, flag, on in (("FSDP", "ACCELERATE_USE_FSDP", trainer.is_fsdp_enabled),
+                             ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", trainer.is_deepspeed_enabled)):
+        if os.environ.get(flag, "false").lower() == "true" and not on:  # accelerate would train unsharded instead
+            raise RuntimeError(f"train.accelerate_config asks for {engine}, but accelerate runs {kind} here "
+                               f"({'it runs FSDP only on GPUs; on CPUs use deepspeed-zero3-offload' if engine == 'FSDP' else 'check the config'})")
     trainer.remove_callback(PrinterCallback)  # with disable_tqdm it prints every log's raw dict: ProgressPrinter says it
-    resumed_from = None
-    if checkpoint is not None:
-        resumed_from = int(Path(checkpoint).name.split("-")[-1])
-        _truncate_losses(losses_csv, resumed_from)
-        log.info("resuming round %d from %s", round_idx, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
-    tmp = out_dir / "adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(tmp, adapter_dir)
-    steps = trainer.state.global_step
-    result_file.write_text(yaml.safe_dump({"steps": steps, "resumed_from_step": resumed_from}))
-    return TrainResult(adapter_dir, steps, losses_csv, resumed_from)
+    state_dict = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # gathered from the shards: every process takes part
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if trainer.is_world_process_zero():
+        tmp = out_dir / "adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        os.replace(tmp, adapter_dir)
+        resumed_from = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
+        (out_dir / "result.yaml").write_text(yaml.safe_dump({"steps": trainer.state.global_step, "resumed_from_step": resumed_from}))
+    trainer.accelerator.wait_for_everyone()
 
 
 def clear_round(out_dir: str | Path) -> None:
@@ -650,11 +786,15 @@ def clear_round(out_dir: str | Path) -> None:
 def load_trained_student(
     student_cfg: StudentConfig, adapter_dir: str | Path, merge: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) of a trained round for the next exam; LoRA merged unless 4-bit or ``merge=False``."""
+    """(model, tokenizer) of a trained round for the next exam; LoRA merged unless 4-bit or ``merge=False``
+    (a whole model, ``train.peft: none``, loads as it is)."""
     from peft import PeftModel
 
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+    if not is_trained_model(adapter_dir):
         raise FileNotFoundError(f"no adapter in {str(adapter_dir)!r}; train_round writes it to out_dir/adapter")
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():  # a whole model (train.peft: none)
+        model, tokenizer = load_student(str(adapter_dir), load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype)
+        return model.eval(), tokenizer
     model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype)
     with peft_quietly():
         model = PeftModel.from_pretrained(model, str(adapter_dir))

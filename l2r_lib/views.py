@@ -190,9 +190,14 @@ def objective(rnd: pipeline.Round) -> str:
                  f"gradient: train.reflection_grad = {t.reflection_grad!r}: {GRADIENT_TEXT[t.reflection_grad]}"]
     else:
         lines = [f"L = L_MLE(w): {rnd.method} trains no triplet loss", *lines]
-    lines.append(f"from {_starting_student(rnd)}: LoRA r = {t.lora_r}, α = {t.lora_alpha}, {t.epochs:g} epoch(s), "
+    tuning = f"LoRA r = {t.lora_r}, α = {t.lora_alpha}" if t.peft == "lora" else "full fine-tuning (train.peft = 'none')"
+    lines.append(f"from {_starting_student(rnd)}: {tuning}, {t.epochs:g} epoch(s), "
                  f"lr {t.lr:g}, {t.batch_size} distinct questions a batch"
-                 + (", 4-bit base (QLoRA)" if rnd.cfg.student.load_in_4bit else ""))
+                 + (", 4-bit base (QLoRA)" if rnd.cfg.student.load_in_4bit and t.peft == "lora" else ""))
+    if t.processes > 1 or t.accelerate_config:
+        engine = f"accelerate config {t.accelerate_config!r}" if t.accelerate_config else "DDP"
+        lines.append(f"under accelerate launch: {t.processes if t.processes > 1 else 'the config’s'} processes, {engine}; "
+                     f"each takes an equal share of a batch")
     return "\n".join(lines)
 
 
@@ -267,8 +272,10 @@ def triplet_example(rnd: pipeline.Round) -> TripletExample | str:
     adapter, or the base student) and under the adapter this round trained; one line when there is none."""
     if why := _no_triplet(rnd):
         return why
+    from .training import is_trained_model
+
     for adapter in (rnd.previous_adapter, rnd.dir / "adapter"):
-        if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        if adapter is not None and not is_trained_model(adapter):
             return (f"{adapter.parent.name}'s adapter is not here (adapters are not committed; `l2r run` trains "
                     "it again from the saved data): no distances to show.")
     before, tokenizer = rnd.student(rnd.previous_adapter)

@@ -148,8 +148,9 @@ def test_collator_masks_and_padding():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 1]]
     assert batch["position_ids"][0, :6].tolist() == [0, 1, 2, 3, 4, 5]
     assert batch["position_ids"][1, 2:].tolist() == [0, 1, 2, 3, 4]
-    # the eos is predicted (as in the official code); nothing is predicted from the eos
-    assert batch["labels"].tolist() == [[11, 12, 13, 21, 22, 0, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, 14, 23, 24, 25, 0]]
+    # the eos is predicted (as in the official code); nothing is predicted from the eos, nor a row's first token
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 12, 13, 21, 22, 0, IGNORE_INDEX],
+                                        [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 23, 24, 25, 0]]
     assert batch["prompt_token"].int().tolist() == [[1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0]]
     assert batch["anchor_span"].int().tolist() == [[0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1, 1]]  # up to the eos
     assert batch["prompt_attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]

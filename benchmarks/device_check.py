@@ -12,12 +12,15 @@ and its error, and the others still run; the exit status is 1 if any failed):
   lora        the same round in bf16 LoRA (fp32 on a CPU)
   hf exam     the LoRA round's student answering the test questions, greedy and k = 4 samples: tokens/s
   vllm exam   the same exam on vLLM (``exam.engine: vllm``), when vLLM is installed
-  accelerate  the LoRA round under ``accelerate launch`` on every GPU present (``train.processes``)
+  accelerate  the LoRA round under ``accelerate launch`` on every GPU present (``train.processes``;
+              2 gloo processes on a CPU)
+  zero3       full fine-tuning (``train.peft: none``) under DeepSpeed ZeRO-3 with CPU offload, the
+              official engine (``train.accelerate_config: deepspeed-zero3-offload``), when deepspeed is there
 
 The student is a random-weight Llama of SmolLM2's size (or ``--small``: two layers, for a CPU
 smoke run) built on the spot with SmolLM2's tokenizer, and the data is the built-in synthetic task,
 so nothing is downloaded there: ``--bundle DIR`` saves the tokenizer and the wheels of the
-packages a GPU image usually lacks (bitsandbytes) into DIR, and ``--carried DIR`` installs those
+packages a GPU image usually lacks (bitsandbytes, deepspeed) into DIR, and ``--carried DIR`` installs those
 wheels (``--target``, no index) and reads that tokenizer.
 """
 
@@ -37,7 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a bare checkout: l2r itself need not be installed there
 
-WHEELS = ["bitsandbytes"]  # not in a typical CUDA image; the rest of a round needs torch, transformers, peft, accelerate
+# not in a typical CUDA image (the rest of a round needs torch, transformers, peft, accelerate);
+# deepspeed is a source distribution, so its wheel is built here (pure Python: ops compile there)
+WHEELS = ["bitsandbytes", "hjson", "py-cpuinfo", "ninja"]
+BUILT = ["deepspeed"]
 SIZES = {  # random Llama students: SmolLM2-135M's shape, and a two-layer one for a CPU smoke run
     "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
     "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
@@ -52,8 +58,9 @@ def bundle(out: Path) -> None:
     subprocess.run([
         sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
         "--implementation", "cp", "--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_17_x86_64",
-        "--platform", "manylinux2014_x86_64", "-d", str(out / "whl"), *WHEELS,
+        "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_5_x86_64", "-d", str(out / "whl"), *WHEELS,
     ], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out / "whl"), *BUILT], check=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     print(f"bundle: {out} ({size:.0f} MiB): carry it and run  python benchmarks/device_check.py --carried {out}")
 
@@ -155,17 +162,36 @@ def vllm_missing() -> str | None:
     return None
 
 
+SINGLE_PROCESS = """compute_environment: LOCAL_MACHINE
+distributed_type: 'NO'
+num_processes: 1
+num_machines: 1
+mixed_precision: 'no'
+"""
+
+
 def check_accelerate(student_dir: Path, out: Path, args) -> None:
+    """The LoRA round under ``accelerate launch``: DDP over every GPU (2 gloo processes on a CPU);
+    one GPU still goes through the launcher, as one process."""
     import torch
 
-    from l2r_lib.config import TrainConfig
+    n = torch.cuda.device_count() if args.gpu else 2
+    train_kw = {"processes": n} if n > 1 else {"accelerate_config": str(out / "single-process.yaml")}
+    (out / "single-process.yaml").write_text(SINGLE_PROCESS)
+    args = dataclasses.replace(args, train_kw=train_kw, batch=max(n, args.batch - args.batch % n))
+    check_round(f"accelerate ({n} process{'es' * (n > 1)})", student_dir, out, args,
+                dtype="bfloat16" if args.gpu else "float32")
 
-    if "processes" not in TrainConfig.__dataclass_fields__:
-        raise RuntimeError("this l2r has no train.processes")
-    n = max(1, torch.cuda.device_count())
-    args = dataclasses.replace(args, train_kw={**args.train_kw, "processes": n}, batch=args.batch - args.batch % n or n)
-    check_round(f"accelerate ({n} process{'es' * (n > 1)})", student_dir, out,
-                args, dtype="bfloat16" if args.gpu else "float32")
+
+def check_zero3(student_dir: Path, out: Path, args) -> None:
+    """Full fine-tuning (``train.peft: none``) under DeepSpeed ZeRO-3 with CPU offload, the official
+    engine, on every GPU (2 CPU processes without one)."""
+    import torch
+
+    n = torch.cuda.device_count() if args.gpu else 2
+    args = dataclasses.replace(args, train_kw={"peft": "none", "processes": n, "accelerate_config": "deepspeed-zero3-offload",
+                                               "lr": 7e-6}, batch=max(n, args.batch - args.batch % n))
+    check_round(f"zero3 full fine-tuning ({n} process{'es' * (n > 1)})", student_dir, out, args, dtype="float32")
 
 
 @dataclasses.dataclass
@@ -183,7 +209,7 @@ def main() -> int:
     parser.add_argument("--carried", type=Path, help="a --bundle folder: its wheels installed, its tokenizer used "
                         "(default: the l2r cache's SmolLM2 tokenizer, the packages of this Python)")
     parser.add_argument("--small", action="store_true", help="a two-layer student and 16 questions (a CPU smoke run)")
-    parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora hf-exam vllm-exam accelerate)")
+    parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora hf-exam vllm-exam accelerate zero3)")
     cli = parser.parse_args()
     if cli.bundle:
         bundle(cli.bundle)
@@ -228,6 +254,10 @@ def main() -> int:
             else:
                 run("vllm-exam", check_exam, "vllm exam", student_dir, adapter, args, "vllm")
         run("accelerate", check_accelerate, student_dir, out, args)
+        if importlib.util.find_spec("deepspeed") is None:
+            print("zero3: SKIP (deepspeed is not installed: carry its wheel, see --bundle)")
+        else:
+            run("zero3", check_zero3, student_dir, out, args)
     print(f"device check: {'FAILED ' + ', '.join(failed) if failed else 'all run checks passed'}")
     return 1 if failed else 0
 

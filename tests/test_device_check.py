@@ -27,5 +27,7 @@ def test_device_check_small_runs_every_check_and_prints_its_figures():
     exam = re.search(r"^hf exam: 16 questions, batch 8: k=1 (\d+) tokens/s \((\d+) tokens.*k=4 (\d+) tokens/s \((\d+) tokens", out, re.M)
     assert exam and int(exam[2]) > 0 and int(exam[4]) > int(exam[2]), out  # four samples generate more than one
     assert re.search(r"^vllm exam: (SKIP \(.+\)|16 questions)", out, re.M), out
-    assert re.search(r"^accelerate \(1 process\): \d+ steps", out, re.M), out
+    # the same round under accelerate launch (2 gloo processes), then full fine-tuning under ZeRO-3
+    assert re.search(r"^accelerate \(2 processes\): 8 steps of 4 questions", out, re.M), out
+    assert re.search(r"^zero3 full fine-tuning \(2 processes\): 8 steps|^zero3: SKIP \(deepspeed", out, re.M), out
     assert out.rstrip().endswith("device check: all run checks passed")

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and `make reproduce` falls back to the built-in synthetic task when MultiArith is unreachable).
 export L2R_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install install-vllm reproduce test test-vllm bench study clean
+.PHONY: install install-vllm reproduce test test-vllm test-deepspeed bench study clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,11 +23,16 @@ reproduce: install
 
 # the tests that need the vLLM environment run in `make test-vllm` (minutes), not here
 test: install
-	$(BIN)/python -m pytest -q -m "not vllm"
+	$(BIN)/python -m pytest -q -m "not vllm and not deepspeed"
 
 # the second environment exam.engine: vllm runs in (~/.cache/l2r/vllm-venv; l2r_lib/exam_vllm.py says why)
 install-vllm:
 	PY=$(PY) bash .ci/install_vllm
+
+# ZeRO-3 full fine-tuning on 2 CPU processes: deepspeed, its CPU Adam compiled on first use (minutes)
+test-deepspeed: install
+	$(BIN)/pip install -q -e '.[deepspeed]'
+	$(BIN)/python -m pytest -q -m deepspeed tests/test_training_accelerate.py
 
 test-vllm: install install-vllm
 	$(BIN)/python -m pytest -q -m vllm tests/test_exam_vllm.py

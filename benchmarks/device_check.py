@@ -237,11 +237,15 @@ def main() -> int:
             traceback.print_exc()
         return None
 
+    def skip(name: str, why: str) -> None:
+        if not cli.only or name in cli.only:
+            print(f"{name.replace('-', ' ')}: SKIP ({why})", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         student_dir = build_student_dir(out / "student", cli.carried and cli.carried / "tokenizer", "small" if cli.small else "smollm2")
         if importlib.util.find_spec("bitsandbytes") is None:
-            print("qlora: SKIP (bitsandbytes is not installed: carry its wheel, see --bundle)")
+            skip("qlora", "bitsandbytes is not installed: carry its wheel, see --bundle")
         else:
             run("qlora", check_round, "qlora nf4", student_dir, out, args, load_in_4bit=True, dtype="bfloat16" if gpu else "float32")
         dtype = "bfloat16" if gpu else "float32"
@@ -250,12 +254,12 @@ def main() -> int:
             run("hf-exam", check_exam, "hf exam", student_dir, adapter, args, "hf")
             missing = vllm_missing()
             if missing:
-                print(f"vllm exam: SKIP ({missing})")
+                skip("vllm-exam", missing)
             else:
                 run("vllm-exam", check_exam, "vllm exam", student_dir, adapter, args, "vllm")
         run("accelerate", check_accelerate, student_dir, out, args)
         if importlib.util.find_spec("deepspeed") is None:
-            print("zero3: SKIP (deepspeed is not installed: carry its wheel, see --bundle)")
+            skip("zero3", "deepspeed is not installed: carry its wheel, see --bundle")
         else:
             run("zero3", check_zero3, student_dir, out, args)
     print(f"device check: {'FAILED ' + ', '.join(failed) if failed else 'all run checks passed'}")

@@ -151,6 +151,7 @@ RUNNER = textwrap.dedent(f"""
 
 
 @pytest.mark.multiprocess
+@pytest.mark.deepspeed
 def test_zero3_full_finetuning_on_two_processes_learns_and_resumes_after_a_kill(tmp_path):
     """``train.peft: none`` sharded by DeepSpeed ZeRO-3 (CPU offload) over 2 CPU processes (gloo): the
     loss goes down; killed after a checkpoint, the rerun continues from it; every step's losses and

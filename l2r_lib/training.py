@@ -240,6 +240,9 @@ class ReflectionCollator:
             anchor_span[i, P:P + f["reason_len"] + 1] = True
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+T), prompt starts at 0
         labels = input_ids.masked_fill(attention_mask.eq(0), IGNORE_INDEX)
+        # a row's first token has nothing before it: predicting it from a padding position would make
+        # the loss depend on which rows share the batch (several processes split a batch differently)
+        labels[torch.arange(B), (P - torch.tensor([len(f["prompt_ids"]) for f in features]))] = IGNORE_INDEX
         for i, f in enumerate(features):
             if f.get("truncated"):  # a cut rationale does not end here
                 labels[i, P + len(f["target_ids"]) - 1] = IGNORE_INDEX

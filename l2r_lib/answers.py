@@ -120,10 +120,10 @@ def _numbers(text: str, first_only: bool) -> list[str]:
             if (chain is not None and chain.start() <= m.start() < chain.end()
                     and not VARIABLE_BEFORE_RE.search(text[:chain.start()])):
                 result = chain.group(0).rsplit("=", 1)[1].strip()
-                value = parse_value(result)
-                value = evaluate(result, percent_of_hundred=False) if value is None else value
-                if value is not None:
-                    return [_format_number(value)]
+                computed = parse_value(result)
+                computed = evaluate(result, percent_of_hundred=False) if computed is None else computed
+                # a result with no value ("= 7/0") is no answer, not the equation's first number
+                return [] if computed is None else [_format_number(computed)]
             return [_format_number(value)]
         out.append(_format_number(value))
     return out

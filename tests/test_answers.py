@@ -28,6 +28,9 @@ EDGE_CASES = [
     ("Answer: 2 1/2", "number", None, "2.5"),
     ("Answer: 12 + 3 = 15", "number", None, "15"),
     ("The answer is 0.9 + 0.1 = 1.1", "number", None, "1.1"),  # the stated result, even a false one
+    # a stated result with no value: no answer (a sampled exam answer once crashed extraction here)
+    ("Answer: 3 + 4 = 7/0", "number", None, None),
+    ("The answer is 6 * 2 = 12 / 0.", "number", None, None),
     ("Answer: \u2212 5", "number", None, "-5"),
     ("Answer: 1,2,3", "number", None, "1"),  # a list, not 123
     # choices

@@ -22,3 +22,14 @@ def smollm2():
     from l2r_lib.student import load_student
 
     return load_student("smollm2-135m", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is faster, and steadier on a shared machine (``usefixtures`` it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ from l2r_lib.training import (
 TINY = StudentConfig(name="tiny", chat=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and steadier on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_records(n_questions=8, round_idx=1):
@@ -369,6 +363,22 @@ RUNNER = textwrap.dedent("""
 """)
 
 
+def kill_after_step(proc: subprocess.Popen, losses_csv, step: int, timeout: float, group: bool = False) -> None:
+    """SIGKILL a training run (its whole process group with ``group``) once ``losses_csv`` has a row for ``step``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if losses_csv.is_file() and any(r["step"] >= step for r in read_losses(losses_csv)):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_resume_after_sigkill_continues_from_the_checkpoint(tmp_path):
     teacher, exams = make_records(8)  # 4 steps an epoch, 10 steps in all, a checkpoint every 3
     save_jsonl(teacher, tmp_path / "teacher.jsonl")
@@ -380,15 +390,7 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(tmp_path):
 
     killed = tmp_path / "killed"
     proc = run("killed")
-    deadline = time.time() + 300
-    while time.time() < deadline:  # a row for step 5 means checkpoint-3 is complete
-        if (killed / "losses.csv").is_file() and any(r["step"] >= 5 for r in read_losses(killed / "losses.csv")):
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_step(proc, killed / "losses.csv", 5, timeout=300)  # a row for step 5: checkpoint-3 is complete
     assert not (killed / "adapter").exists()
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (killed / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and checkpoints[-1] >= 3

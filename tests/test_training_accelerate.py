@@ -4,11 +4,9 @@ The ``multiprocess`` tests start ``accelerate launch`` with two CPU processes (g
 """
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -21,18 +19,11 @@ from l2r_lib.training import (
     QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features, build_student, load_trained_student,
     read_losses, train_round,
 )
-from test_training import make_records, reflection_trainer
+from test_training import kill_after_step, make_records, reflection_trainer
 
 TINY = StudentConfig(name="tiny", chat=False)
 LOSSES = ("mle", "triplet", "total", "d_pos", "d_neg")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -168,15 +159,8 @@ def test_zero3_full_finetuning_on_two_processes_learns_and_resumes_after_a_kill(
 
     killed = tmp_path / "killed"
     proc = run("killed")
-    deadline = time.time() + 500  # the first run compiles DeepSpeed's CPU Adam (minutes; then cached)
-    while time.time() < deadline:  # a row for step 5 means checkpoint-4 is complete
-        if (killed / "losses.csv").is_file() and any(r["step"] >= 5 for r in read_losses(killed / "losses.csv")):
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # a row for step 5: checkpoint-4 is complete; the first run compiles DeepSpeed's CPU Adam (minutes; then cached)
+    kill_after_step(proc, killed / "losses.csv", 5, timeout=500, group=True)
     assert not (killed / "adapter").exists()
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (killed / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and checkpoints[-1] >= 4

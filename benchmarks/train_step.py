@@ -33,10 +33,8 @@ from l2r_lib import paths
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import ExamRecord, TeacherRecord
 from l2r_lib.tasks import load_examples
-from l2r_lib.training import (
-    QuestionBatchSampler, ReflectionCollator, ReflectionDataset, ReflectionTrainer, build_features, build_student,
-    training_arguments,
-)
+from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
+from l2r_lib.training import ReflectionTrainer, build_student, training_arguments
 
 BATCH = 4  # distinct questions per batch
 

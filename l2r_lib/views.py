@@ -231,7 +231,7 @@ def _no_triplet(rnd: pipeline.Round) -> str | None:
 def first_triplet_row(rnd: pipeline.Round, tokenizer) -> dict | str:
     """The first training row of the round with a positive and a negative, as the first epoch sees it
     (``ReflectionDataset``), or why there is none."""
-    from .training import ReflectionDataset, build_features
+    from .batches import ReflectionDataset, build_features
 
     records = pipeline.teacher_records(rnd)
     features = build_features(records, pipeline.load_exam(rnd), tokenizer, rnd.cfg.train, rnd.cfg.student,

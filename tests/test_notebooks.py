@@ -139,7 +139,8 @@ def test_the_triplet_distances_shown_are_those_training_computes(tiny):
     from l2r_lib import pipeline, views
     from l2r_lib.config import load_config
     from l2r_lib.reflection import REPRESENTATIONS, cosine_distance
-    from l2r_lib.training import ReflectionCollator, continuation_hidden, prompt_cache
+    from l2r_lib.batches import ReflectionCollator
+    from l2r_lib.training import continuation_hidden, prompt_cache
 
     rnd = pipeline.Round(load_config(tiny / "config.yaml"), tiny, "tailored", "synthetic", 2)
     model, tokenizer = rnd.student(rnd.dir / "adapter")

@@ -16,10 +16,10 @@ from l2r_lib.records import ExamRecord, TeacherRecord, save_jsonl
 from l2r_lib.reflection import IGNORE_INDEX, REPRESENTATIONS
 from l2r_lib.student import build_tiny_student, load_tokenizer
 from l2r_lib.tasks import load_examples
+from l2r_lib.batches import MAX_NEGATIVES, QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
 from l2r_lib.training import (
-    LOSS_COLUMNS, MAX_NEGATIVES, QuestionBatchSampler, ReflectionCollator, ReflectionDataset, ReflectionTrainer,
-    build_features, build_student, continuation_hidden, load_trained_student, prompt_cache, read_losses, train_round,
-    training_arguments,
+    LOSS_COLUMNS, ReflectionTrainer, build_student, continuation_hidden, load_trained_student, prompt_cache, read_losses,
+    train_round, training_arguments,
 )
 
 TINY = StudentConfig(name="tiny", chat=False)

@@ -15,10 +15,8 @@ from safetensors.torch import load_file
 
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import save_jsonl
-from l2r_lib.training import (
-    QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features, build_student, load_trained_student,
-    read_losses, train_round,
-)
+from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
+from l2r_lib.training import build_student, load_trained_student, read_losses, train_round
 from test_training import kill_after_step, make_records, reflection_trainer
 
 TINY = StudentConfig(name="tiny", chat=False)

@@ -132,7 +132,7 @@ class RunConfig:
     # tailored | std-cot | no-reflection | no-feedback | no-feedback-no-reflection | no-feedback-random | std-cot-matched
     methods: list[str] = field(default_factory=lambda: ["tailored"])  # declared in l2r_lib/methods.py
     rounds: int = 2  # training rounds of the multi-round methods (std-cot always trains one)
-    share_round1: bool = True  # methods whose round 1 is the same computation run it once (see pipeline)
+    share_round1: bool = True  # methods whose round 1 is the same computation run it, and round 2's exam, once
     data_dir: str | None = None  # None: $L2R_DATA_DIR, else the Hugging Face Hub
     seed: int = 0
     train_limit: int | None = None  # first N train questions (None: the whole split)

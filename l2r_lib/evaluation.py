@@ -259,8 +259,8 @@ def diagnostics_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def stage_seconds_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Wall time (s) of each notebook stage per method, task and round (a shared round 1 shows
-    its donor's times, marked in ``shared_from``)."""
+    """Wall time (s) of each notebook stage per method, task and round (a shared round 1 or round-2
+    exam shows its donor's times, marked in ``shared_from``)."""
     rows = []
     for row in metrics.sort_values(["method", "task", "round"]).to_dict("records"):
         seconds = row.get("seconds") if isinstance(row.get("seconds"), dict) else {}
@@ -297,7 +297,7 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
          "per round, and test answers whose answer line contradicts the rationale's last computed result "
          "(\"85 - 84 = 1. Answer: 85\"): % of the answers that state a number and compute one."),
         ("stage_seconds", stage_seconds_table(metrics), "Wall time (s) of each stage; a round 1 shared between "
-         "methods ran once (shared_from)."),
+         "methods ran once, and so did a round-2 exam shared after it (shared_from: the method it ran in)."),
     ]
     for name, table, caption in tables:
         csv, md = run_dir / "tables" / f"{name}.csv", run_dir / "tables" / f"{name}.md"

@@ -6,7 +6,8 @@ sample) or about as many random train questions (``"random"``: the exam only cou
 mistakes); the teacher sees the student's wrong rationale (``prompt="feedback"``) or the
 question alone (``"rationale"``); training adds the triplet loss or not (``reflection``).
 Round 1 is the same for every method (plain rationales for the train split), so methods with
-the same ``reflection`` share one round 1 (``RunConfig.share_round1``).
+the same ``reflection`` share one round 1 and the round-2 exam it leads to
+(``RunConfig.share_round1``).
 
 The 2x2 of feedback x self-reflection on the same mistaken questions is ``tailored``,
 ``no-reflection``, ``no-feedback`` (the paper's ablation) and ``no-feedback-no-reflection``;

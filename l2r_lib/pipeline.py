@@ -297,6 +297,9 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
         "rows_with_triplet": triplet_rows(rnd.dir), **contradiction_stats(result.records),
         "seconds": {**stages, "04_evaluation": round(time.perf_counter() - started, 1)},
     }
+    exam = rnd.summary("01_mistake_analysis") if rnd.is_done("01_mistake_analysis") else {}
+    if donor := exam.get("shared_from"):  # the exam ran once, in the donor
+        metrics["shared_from"] = f"{donor} (01_mistake_analysis)"
     (rnd.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return rnd.mark_done("04_evaluation", {"accuracy": result.accuracy, **result.summary()}, started)
 
@@ -347,6 +350,42 @@ def share_round1(rnd: Round, donor: str) -> None:
                                    f"self-reflection): copied from `{donor}/{rnd.task}/round-1`, notebooks included.\n")
     shutil.rmtree(rnd.dir, ignore_errors=True)  # a copy that died half-way
     tmp.rename(rnd.dir)
+
+
+def exam_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
+    """An earlier method of the run whose round-2 train exam is ``method``'s: the exam reads only
+    round 1's adapter, the train questions and the seed, so two methods that share round 1 take
+    the same round-2 exam (the same mistakes and wrong rationales; later rounds differ)."""
+    if not cfg.share_round1 or not Round(cfg, run_dir, method, task, 2).takes_exam:
+        return None
+
+    def origin(m: str) -> str:  # the method whose round 1 actually ran
+        metrics = Round(cfg, run_dir, m, task, 1).dir / "metrics.json"
+        return (json.loads(metrics.read_text()).get("shared_from") or m) if metrics.is_file() else m
+
+    for other in cfg.methods[: cfg.methods.index(method)]:
+        if origin(other) == origin(method) and Round(cfg, run_dir, other, task, 2).is_done("01_mistake_analysis"):
+            return other
+    return None
+
+
+EXAM_FILES = ("01_mistake_analysis.ipynb", "exam_train.jsonl", "exam_train.summary.json", "mistakes_official.json",
+              "error_types.csv")
+
+
+def share_exam(rnd: Round, donor: str) -> None:
+    """Copy the donor's round-2 exam (what notebook 01 writes) into ``rnd.dir``; the done marker last."""
+    src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, rnd.round_idx).dir
+    rnd.dir.mkdir(parents=True, exist_ok=True)
+    for name in EXAM_FILES:
+        shutil.copy2(src / name, rnd.dir / name)
+    (rnd.dir / "SHARED.md").write_text(
+        f"The train exam of round {rnd.round_idx} (notebook 01: `exam_train.jsonl`, mistakes, error types) is "
+        f"`{donor}`'s: both start round {rnd.round_idx} from the same round-1 adapter with the same seed, "
+        f"so it is one computation. Copied from `{donor}/{rnd.task}/round-{rnd.round_idx}`, notebook included; "
+        "the teacher, training and evaluation of this round are this method's own.\n")
+    summary = json.loads((src / "01_mistake_analysis.done.json").read_text()) | {"shared_from": donor}
+    (rnd.dir / "01_mistake_analysis.done.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def rounds_of(cfg: RunConfig, method: str) -> int:
@@ -436,6 +475,9 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                 if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):
                     print(f"[l2r] {method} / {task} / round 1: shared with {donor}", flush=True)
                     share_round1(rnd, donor)
+                if k == 2 and not rnd.is_done("01_mistake_analysis") and (donor := exam_donor(cfg, run_dir, method, task)):
+                    print(f"[l2r] {method} / {task} / round 2: 01_mistake_analysis shared with {donor}", flush=True)
+                    share_exam(rnd, donor)
                 if not rnd.is_done("04_evaluation"):  # training needs the previous adapter, evaluation its own
                     trained = k == 1 or rnd.is_done("03_round_training")
                     restore_adapter(rnd if trained else Round(cfg, run_dir, method, task, k - 1))

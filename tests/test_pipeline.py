@@ -75,7 +75,8 @@ def test_tables_and_figures_hold_numbers(tiny_run):
     assert intervals.loc["tailored", "questions"] == 16 and "vs std-cot" in intervals.columns
     stages = pd.read_csv(run / "tables" / "stage_seconds.csv")
     assert len(stages) == 5 and (stages["03_round_training"] > 0).all()
-    assert stages.loc[stages.method == "no-feedback", "shared_from"].fillna("").tolist() == ["tailored", ""]
+    assert stages.loc[stages.method == "no-feedback", "shared_from"].fillna("").tolist() == [
+        "tailored", "tailored (01_mistake_analysis)"]
     for fig in ("accuracy_by_round.png", "losses.png"):
         assert (run / "figures" / fig).stat().st_size > 5_000
     manifest = json.loads((run / "manifest.json").read_text())
@@ -99,6 +100,26 @@ def test_round_1_is_shared_by_methods_that_compute_the_same_one(tiny_run):
     assert "shared_from" not in json.loads((run / "std-cot" / "synthetic" / "round-1" / "metrics.json").read_text())
     # no-feedback's round 2 really ran, from the shared adapter
     assert "[l2r] no-feedback / synthetic / round 2: 03_round_training" in tiny_run["stdout"]
+
+
+def test_round_2_exam_after_a_shared_round_1_is_shared_and_is_the_same_computation(tiny_run, tmp_path):
+    from l2r_lib.config import load_config
+    from l2r_lib.records import ExamRecord, load_jsonl
+
+    run = tiny_run["dir"]
+    assert "[l2r] no-feedback / synthetic / round 2: 01_mistake_analysis shared with tailored\n" in tiny_run["stdout"]
+    assert "[l2r] no-feedback / synthetic / round 2: 01_mistake_analysis\n" not in tiny_run["stdout"]  # not run again
+    mine, donor = (run / m / "synthetic" / "round-2" for m in ("no-feedback", "tailored"))
+    assert (mine / "exam_train.jsonl").read_bytes() == (donor / "exam_train.jsonl").read_bytes()
+    assert json.loads((mine / "01_mistake_analysis.done.json").read_text())["shared_from"] == "tailored"
+    assert json.loads((mine / "metrics.json").read_text())["shared_from"] == "tailored (01_mistake_analysis)"
+    # the exam no-feedback takes itself, from its own (copied) round-1 adapter, is the donor's
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    rnd = pipeline.Round(load_config(copy / "config.yaml"), copy, "no-feedback", "synthetic", 2)
+    summary = pipeline.mistake_analysis(rnd, force=True)
+    assert "shared_from" not in summary
+    assert load_jsonl(ExamRecord, rnd.dir / "exam_train.jsonl") == load_jsonl(ExamRecord, donor / "exam_train.jsonl")
 
 
 def test_round_1_reflects_and_the_tables_report_triplet_rows_and_contradictions(tiny_run):

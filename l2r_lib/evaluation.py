@@ -86,17 +86,38 @@ def fixed_and_broken(before: list[ExamRecord], after: list[ExamRecord]) -> tuple
 # --- tables over saved runs --------------------------------------------------------------
 
 def collect_metrics(results_root: str | Path) -> pd.DataFrame:
-    """One row per (run, method, task, round) from every ``metrics.json`` under ``results_root``."""
-    rows = []
+    """One row per (run, method, task, round) from every ``metrics.json`` under ``results_root``;
+    ``final_round``: the round the method ends with in its run's ``config.yaml`` (None if unknown)."""
+    import yaml
+
+    from .methods import METHODS as DECLARED
+
+    rows, planned = [], {}
     for path in sorted(Path(results_root).glob("**/round-*/metrics.json")):
-        rows.append(json.loads(path.read_text()) | {"path": str(path.parent)})
-    columns = ["run", "method", "task", "round", "accuracy", "questions", "path"]
+        row = json.loads(path.read_text()) | {"path": str(path.parent)}
+        config = path.parents[3] / "config.yaml"  # <run>/<method>/<task>/round-k/metrics.json
+        if config not in planned:
+            planned[config] = yaml.safe_load(config.read_text()).get("rounds") if config.is_file() else None
+        spec = DECLARED.get(row.get("method"))
+        row["final_round"] = None if planned[config] is None or spec is None else (
+            planned[config] if spec.multi_round else 1)
+        rows.append(row)
+    columns = ["run", "method", "task", "round", "accuracy", "questions", "path", "final_round"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each (method, task)'s last round, for the methods that have finished their run's last round:
+    a method halfway through its rounds is left out rather than compared at an earlier round."""
+    last = metrics.sort_values("round").groupby(["method", "task"], as_index=False).last()
+    if "final_round" not in last:
+        return last
+    return last[last["final_round"].isna() | (last["round"] == last["final_round"])]
 
 
 def accuracy_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """The paper's layout: methods as rows, tasks as columns, final-round test accuracy (%)."""
-    final = metrics.sort_values("round").groupby(["method", "task"], as_index=False).last()
+    final = final_rows(metrics)
     table = final.pivot(index="method", columns="task", values="accuracy") * 100
     table.columns.name = None
     return table.round(1)
@@ -130,7 +151,7 @@ def bootstrap_interval(correct, diff_from=None, n_boot: int = 4000, seed: int = 
 
 def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
     """(method, task) -> per-question greedy correctness of the last round's test exam, by id."""
-    final = metrics.sort_values("round").groupby(["method", "task"], as_index=False).last()
+    final = final_rows(metrics)
     out = {}
     for row in final.itertuples():
         path = Path(row.path) / "exam_test.jsonl"
@@ -166,6 +187,8 @@ def interval_table(metrics: pd.DataFrame, baselines: tuple[str, ...] = BASELINES
 
 def paper_table(intervals: pd.DataFrame) -> pd.DataFrame:
     """The paper's layout with the uncertainty in each cell: methods x tasks, "accuracy [95% interval]"."""
+    if intervals.empty:  # no method has finished its last round yet
+        return pd.DataFrame()
     cells = intervals.assign(cell=[f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in
                                    zip(intervals["accuracy"], intervals["ci95_low"], intervals["ci95_high"])])
     table = cells.pivot(index="method", columns="task", values="cell")
@@ -280,11 +303,15 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
     (run_dir / "figures").mkdir(exist_ok=True)
     written = {}
     who = _caption(run_dir)
+    finished = final_rows(metrics)[["method", "task"]].apply(tuple, axis=1).tolist()
+    unfinished = sorted({f"{m} / {t}" for m, t in zip(metrics["method"], metrics["task"]) if (m, t) not in finished})
+    # the after-the-last-round tables leave them out; the by-round ones show what they have
+    left_out = f" Not finished, left out: {', '.join(unfinished)}." if unfinished else ""
     intervals = interval_table(metrics)
     tables = [
-        ("accuracy", accuracy_table(metrics), "Test accuracy (%) after the last round, methods x tasks."),
+        ("accuracy", accuracy_table(metrics), f"Test accuracy (%) after the last round, methods x tasks.{left_out}"),
         ("paper", paper_table(intervals), "Test accuracy (%) after the last round with a bootstrap 95% interval "
-         "over test questions (one seed), methods x tasks."),
+         f"over test questions (one seed), methods x tasks.{left_out}"),
         ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
         ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round: "
          "requests answered, failed after a response (rejected: empty, refusal, unparseable) and abandoned "
@@ -292,7 +319,7 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
          "tokens and cost of every response received."),
         ("intervals", intervals, "Teacher examples trained on (all rounds); test accuracy (%) after "
          "the last round with a bootstrap 95% interval over test questions (one seed), and the paired differences "
-         f"to {', '.join(BASELINES)} on the same questions, with their intervals."),
+         f"to {', '.join(BASELINES)} on the same questions, with their intervals.{left_out}"),
         ("diagnostics", diagnostics_table(metrics), "Training rows with a triplet (anchor, positive, negative) "
          "per round, and test answers whose answer line contradicts the rationale's last computed result "
          "(\"85 - 84 = 1. Answer: 85\"): % of the answers that state a number and compute one."),

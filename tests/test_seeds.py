@@ -35,3 +35,55 @@ def test_seed_table_reports_mean_spread_and_each_seeds_interval(tmp_path):
     assert lo < 40 < hi
     assert "seeds [0, 1, 2]" in written.read_text()
     assert write_seed_tables(runs[:1]) == []  # one seed: no table over seeds
+
+
+def _round(run, method, k, accuracy):
+    d = run / method / "multiarith" / f"round-{k}"
+    d.mkdir(parents=True)
+    correct = np.arange(100) < accuracy
+    save_jsonl([ExamRecord(f"q{i}", "Q?", "4", "p", ["r"], ["4" if c else "5"], [bool(c)])
+                for i, c in enumerate(correct)], d / "exam_test.jsonl")
+    (d / "metrics.json").write_text(json.dumps({"method": method, "task": "multiarith", "round": k,
+                                                "accuracy": float(correct.mean()), "teacher_kept": 5}))
+
+
+def test_a_method_halfway_through_its_rounds_is_left_out_of_the_last_round_tables(tmp_path):
+    """A study committed mid-way: no-reflection has 2 of its 3 rounds in seed 0, all 3 in seed 1."""
+    from l2r_lib.evaluation import accuracy_table, collect_metrics, interval_table, write_tables
+
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed-{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"name": "study", "seed": seed, "rounds": 3}))
+        for k in (1, 2, 3):
+            _round(run, "tailored", k, 10 * k)
+        for k in (1, 2) if seed == 0 else (1, 2, 3):
+            _round(run, "no-reflection", k, 5 * k)
+        _round(run, "std-cot", 1, 7)  # one round whatever `rounds` says: finished
+        runs.append(run)
+
+    metrics = collect_metrics(runs[0])
+    assert accuracy_table(metrics).to_dict()["multiarith"] == {"std-cot": 7.0, "tailored": 30.0}
+    assert set(interval_table(metrics)["method"]) == {"tailored", "std-cot"}
+    write_tables(runs[0])
+    caption = (runs[0] / "tables" / "accuracy.md").read_text().splitlines()[0]
+    assert "Not finished, left out: no-reflection / multiarith." in caption
+    assert "no-reflection" in (runs[0] / "tables" / "accuracy_by_round.md").read_text()  # its rounds 1-2 still shown
+
+    write_seed_tables(runs)
+    seeds = pd.read_csv(tmp_path / "tables" / "seeds.csv").set_index("method")
+    assert seeds.loc["no-reflection", "seeds"] == 1 and seeds.loc["no-reflection", "mean"] == 15.0  # seed 1 only
+    assert seeds.loc["tailored", "seeds"] == 2 and seeds.loc["tailored", "mean"] == 30.0
+
+
+def test_last_round_tables_are_empty_not_broken_while_no_method_has_finished(tmp_path):
+    from l2r_lib.evaluation import write_tables
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "study", "seed": 0, "rounds": 3}))
+    _round(run, "tailored", 1, 10)
+    write_tables(run)
+    assert "Not finished, left out: tailored / multiarith." in (run / "tables" / "paper.md").read_text()
+    assert "round 1" in (run / "tables" / "accuracy_by_round.md").read_text()

@@ -90,17 +90,14 @@ def collect_metrics(results_root: str | Path) -> pd.DataFrame:
     ``final_round``: the round the method ends with in its run's ``config.yaml`` (None if unknown)."""
     import yaml
 
-    from .methods import METHODS as DECLARED
-
     rows, planned = [], {}
     for path in sorted(Path(results_root).glob("**/round-*/metrics.json")):
         row = json.loads(path.read_text()) | {"path": str(path.parent)}
         config = path.parents[3] / "config.yaml"  # <run>/<method>/<task>/round-k/metrics.json
         if config not in planned:
             planned[config] = yaml.safe_load(config.read_text()).get("rounds") if config.is_file() else None
-        spec = DECLARED.get(row.get("method"))
-        row["final_round"] = None if planned[config] is None or spec is None else (
-            planned[config] if spec.multi_round else 1)
+        spec = METHODS.get(row.get("method"))
+        row["final_round"] = None if planned[config] is None or spec is None else spec.rounds(planned[config])
         rows.append(row)
     columns = ["run", "method", "task", "round", "accuracy", "questions", "path", "final_round"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)

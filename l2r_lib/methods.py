@@ -34,6 +34,10 @@ class Method:
     def feedback(self) -> bool:
         return self.prompt == "feedback"
 
+    def rounds(self, run_rounds: int) -> int:
+        """The rounds this method trains in a run of ``run_rounds`` (``RunConfig.rounds``)."""
+        return run_rounds if self.multi_round else 1
+
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tailored", True, "mistakes", "feedback", True, "the paper: feedback on mistakes + self-reflection"),

@@ -393,7 +393,7 @@ def share_exam(rnd: Round, donor: str) -> None:
 
 
 def rounds_of(cfg: RunConfig, method: str) -> int:
-    return cfg.rounds if get_method(method).multi_round else 1
+    return get_method(method).rounds(cfg.rounds)
 
 
 def prepare_run(params: str | Path, out: str | Path | None = None, overrides: dict | None = None,

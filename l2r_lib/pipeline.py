@@ -373,6 +373,7 @@ def exam_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | N
     return None
 
 
+# what ``mistake_analysis`` writes, and its notebook (a test checks the list against a fresh exam)
 EXAM_FILES = ("01_mistake_analysis.ipynb", "exam_train.jsonl", "exam_train.summary.json", "mistakes_official.json",
               "error_types.csv")
 

@@ -117,9 +117,15 @@ def test_round_2_exam_after_a_shared_round_1_is_shared_and_is_the_same_computati
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
     rnd = pipeline.Round(load_config(copy / "config.yaml"), copy, "no-feedback", "synthetic", 2)
-    summary = pipeline.mistake_analysis(rnd, force=True)
+    shutil.rmtree(rnd.dir)
+    rnd.dir.mkdir()
+    summary = pipeline.mistake_analysis(rnd)
     assert "shared_from" not in summary
     assert load_jsonl(ExamRecord, rnd.dir / "exam_train.jsonl") == load_jsonl(ExamRecord, donor / "exam_train.jsonl")
+    # what sharing copies is everything stage 01 writes (its notebook comes from papermill)
+    written = {p.name for p in rnd.dir.iterdir()} - {"01_mistake_analysis.done.json"}
+    assert written == set(pipeline.EXAM_FILES) - {"01_mistake_analysis.ipynb"}
+    assert set(pipeline.EXAM_FILES) <= {p.name for p in mine.iterdir()}
 
 
 def test_round_1_reflects_and_the_tables_report_triplet_rows_and_contradictions(tiny_run):

@@ -261,8 +261,8 @@ def error_line(e: BaseException) -> str:
     """The one line a user sees: the message (a KeyError's without quotes), redacted."""
     from .pipeline import StageFailed
     from .run_lock import RunLockedError
-    from .teacher_cache import CacheDamagedError
-    from .teacher_client import TeacherRequestError
+    from .teacher.cache import CacheDamagedError
+    from .teacher.client import TeacherRequestError
 
     if isinstance(e, KeyError) and e.args:
         msg = str(e.args[0])

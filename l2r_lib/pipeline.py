@@ -149,7 +149,7 @@ def mistake_analysis(rnd: Round, force: bool = False) -> dict:
     """01: the current student answers the train split; its wrong answers are its mistakes."""
     from .evaluation import error_table
     from .exam import run_exam, save_exam
-    from .teacher_data import export_official_mistakes
+    from .teacher.data import export_official_mistakes
 
     if (done := rnd.cached("01_mistake_analysis", force)) is not None:
         return done
@@ -208,7 +208,7 @@ def teacher_estimate(rnd: Round) -> dict:
 
 def teacher_prompting(rnd: Round, force: bool = False) -> dict:
     """02: round 1 (and std-cot): rationales for the train split; later rounds: feedback on mistakes."""
-    from .teacher_data import export_official, keep_stats, save_round
+    from .teacher.data import export_official, keep_stats, save_round
 
     if (done := rnd.cached("02_teacher_prompting", force)) is not None:
         return done
@@ -540,7 +540,7 @@ class StageFailed(RuntimeError):
 
 def manifest(cfg: RunConfig, params: str | Path) -> dict:
     """What a reader needs to trace every number back: params, versions, commit, data hashes, prompts."""
-    from .teacher_prompts import templates
+    from .teacher.prompts import templates
 
     versions = {}
     for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "openai", "papermill"):

@@ -122,8 +122,8 @@ def _student_answer(rnd: pipeline.Round, record: TeacherRecord) -> str | None:
 
 
 def teacher_messages(rnd: pipeline.Round, record: TeacherRecord) -> list[dict]:
-    """The chat messages an openai teacher is sent for ``record`` (rebuilt with ``teacher_prompts``)."""
-    from .teacher_prompts import feedback_messages, rationale_messages
+    """The chat messages an openai teacher is sent for ``record`` (rebuilt with ``teacher.prompts``)."""
+    from .teacher.prompts import feedback_messages, rationale_messages
 
     kind = get_task(rnd.task).answer_kind
     if record.prompt_kind == "feedback":
@@ -135,7 +135,7 @@ def teacher_messages(rnd: pipeline.Round, record: TeacherRecord) -> list[dict]:
 
 def _was_sent(rnd: pipeline.Round, messages: list[dict]) -> bool:
     """Is this exact request (sample 0) in the run's teacher cache, i.e. was it sent to the endpoint?"""
-    from .teacher_cache import TeacherCache, request_key
+    from .teacher.cache import TeacherCache, request_key
 
     path = rnd.run_dir / "teacher_cache.sqlite"
     if not path.is_file():

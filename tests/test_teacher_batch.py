@@ -19,8 +19,8 @@ from batch_server import FakeBatchServer
 from l2r_lib.config import PRICE_FACTORS, TeacherConfig
 from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher
-from l2r_lib.teacher_batch import STATE_FILE, BatchClient
-from l2r_lib.teacher_cache import SCHEMA, TeacherCache
+from l2r_lib.teacher.batch import STATE_FILE, BatchClient
+from l2r_lib.teacher.cache import SCHEMA, TeacherCache
 from teacher_fixtures import DUMMY_KEY, files_containing
 
 EXAMPLES = load_examples("synthetic", "train")[:12]
@@ -179,7 +179,7 @@ def test_sigkilled_process_resumes_the_same_batch(server, tmp_path):
 def test_failed_lines_go_out_again_as_a_second_batch(server, tmp_path, caplog, style):
     fake = server(line_faults=["500", "empty", None, "refusal", "whitespace", "garbage"], style=style)
     teacher = _teacher(fake.url, tmp_path)
-    with caplog.at_level("WARNING", logger="l2r_lib.teacher_batch"):
+    with caplog.at_level("WARNING", logger="l2r_lib.teacher.batch"):
         records = teacher.rationales(EXAMPLES, 1)
     s, u = fake.stats, teacher.usage
     assert len(records) == len(EXAMPLES) and len(TeacherCache(tmp_path / "c.sqlite")) == len(EXAMPLES)
@@ -215,7 +215,7 @@ def test_no_batch_retries_sends_failures_live_at_once(server, tmp_path):
 def test_a_batch_that_ends_unfinished_is_not_silent(server, tmp_path, caplog, end):
     fake = server(batch_ends=[end])
     teacher = _teacher(fake.url, tmp_path)
-    with caplog.at_level("WARNING", logger="l2r_lib.teacher_batch"):
+    with caplog.at_level("WARNING", logger="l2r_lib.teacher.batch"):
         records = teacher.rationales(EXAMPLES, 1)
     assert len(records) == len(EXAMPLES) and fake.stats.creates == 2 and fake.stats.live == 0
     unanswered = len(EXAMPLES) if end == "failed" else len(EXAMPLES) // 2
@@ -324,7 +324,7 @@ def test_the_pipeline_keeps_the_batch_with_the_round_and_reports_the_batch_price
 
 
 def test_an_endpoint_without_the_batch_routes_is_one_clear_error(server, tmp_path):
-    from l2r_lib.teacher_client import TeacherRequestError
+    from l2r_lib.teacher.client import TeacherRequestError
 
     fake = server()
     fake.batch_routes = False

@@ -10,15 +10,15 @@ import pytest
 from l2r_lib.config import TeacherConfig
 from l2r_lib.records import ExamRecord, TeacherRecord, load_jsonl
 from l2r_lib.tasks import Example, load_examples
-from l2r_lib.teacher import (
+from l2r_lib.teacher.teachers import (
     ReplayTeacher, build_teacher, describe_mistake, first_wrong_step, mend_rationale, mistakes_from_exam,
     reference_rationales,
 )
-from l2r_lib.teacher_data import (
+from l2r_lib.teacher.data import (
     export_official, export_official_mistakes, filter_records, import_official, import_official_mistakes, keep_stats,
     make_record, normalize_question, save_round,
 )
-from l2r_lib.teacher_prompts import feedback_messages, parse_output, rationale_messages, templates
+from l2r_lib.teacher.prompts import feedback_messages, parse_output, rationale_messages, templates
 from teacher_fixtures import needs_data
 
 EX = Example("synthetic-0", "Ava has 3 apples and gets 4 more. How many apples?", "7", "Ava has 3 + 4 = 7 apples.")

@@ -1,37 +1,5 @@
-"""The teacher of step 2: three teachers behind one interface.
-
-``build_teacher(cfg, task, cache_path)`` gives a ``Teacher`` with
-
-- ``rationales(examples, round_idx)``: step-by-step rationales for questions (round 1, fresh);
-- ``feedback(mistakes, round_idx)``: for each ``(example, wrong rationale, wrong answer)``, the
-  mistake named and a correct rationale in the student's format (later rounds);
-- ``estimate(examples=..., mistakes=...)``: the dry run, the most a call could cost, sending nothing;
-- ``usage`` (this run so far), ``last_usage`` and ``last_requests`` (the last call, per request);
-- ``stage_usage()``: what the endpoint may have billed for the teacher's ``scope`` over every run
-  (failed and killed ones included; read from the cache), with this run's cache hits and retries.
-
-Every call returns ``TeacherRecord`` s with ``kept`` set by ``teacher_data.mark_kept`` (answer
-matches gold, distinct, at most ``max_rationales`` per question) and ``teacher`` naming who wrote
-the text. The kinds:
-
-- ``openai``: any OpenAI-compatible endpoint via ``ChatClient`` (cached in ``cache_path``);
-  ``n`` samples per prompt. Name ``openai:<model>``. With ``teacher.mode: batch`` its cache misses
-  go out as a Batch API job (``teacher_batch.BatchClient``), its state in ``batch_dir``.
-- ``replay``: a recorded real teacher (``<data_dir>/recorded_teacher/<task>.*.jsonl``), matched
-  on normalized question text. Name ``replay:<model>``, e.g. ``replay:text-davinci-002``. Only
-  rationale prompts were recorded, so ``feedback`` returns the recorded rationale with
-  ``prompt_kind="rationale"`` (it is not feedback) and the student's rationale attached.
-- ``reference``: deterministic, from the data set's gold rationale (GSM8K solution, MultiArith
-  and SVAMP equation, StrategyQA explanation, synthetic rationale). With ``n >= 2`` it writes up
-  to ``n`` distinct equivalent rationales (``reference_rationales``: the operands of sums and
-  products swapped, the sentences as numbered steps). Its feedback depends on the mistake: it
-  names the student's first false ``a op b = c`` step and mends the student's rationale
-  (``mend_rationale``: its correct steps toward the gold kept, its first wrong step corrected,
-  the gold's remaining steps after). Name ``reference:gold``.
-- ``replay+reference``: the recorded rationale, then ``n - 1`` reference rationales (so round 1
-  has two positives a question with ``n: 2``); feedback is reference's. Each record names the
-  teacher that wrote it.
-"""
+"""The teachers (openai, replay, reference, replay+reference) behind one interface, and
+``build_teacher``; the package docstring says what each does."""
 
 from __future__ import annotations
 
@@ -40,16 +8,16 @@ import math
 import re
 from pathlib import Path
 
-from . import paths
-from .arithmetic import computed_results, first_false_claim
-from .config import TeacherConfig
-from .records import ExamRecord, TeacherRecord
-from .tasks import Example, get_task, read_jsonl
-from .teacher_batch import STATE_FILE, BatchClient
-from .teacher_cache import TeacherCache
-from .teacher_client import ChatClient, ChatRequest, CostEstimate, Usage
-from .teacher_data import make_record, mark_kept, normalize_question, normalize_rationale
-from .teacher_prompts import feedback_messages, rationale_messages
+from .. import paths
+from ..arithmetic import computed_results, first_false_claim
+from ..config import TeacherConfig
+from ..records import ExamRecord, TeacherRecord
+from ..tasks import Example, get_task, read_jsonl
+from .batch import STATE_FILE, BatchClient
+from .cache import TeacherCache
+from .client import ChatClient, ChatRequest, CostEstimate, Usage
+from .data import make_record, mark_kept, normalize_question, normalize_rationale
+from .prompts import feedback_messages, rationale_messages
 
 Mistake = tuple[Example, str, str | None]  # (question, the student's wrong rationale, its answer)
 

@@ -31,9 +31,9 @@ import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tqdm.auto import tqdm
 
-from .config import TeacherConfig
-from .redaction import API_KEY_ENV, redact
-from .teacher_cache import CachedResponse, TeacherCache, request_key
+from ..config import TeacherConfig
+from ..redaction import API_KEY_ENV, redact
+from .cache import CachedResponse, TeacherCache, request_key
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from .answers import TRIGGERS, AnswerKind, extract_answer
+from ..answers import TRIGGERS, AnswerKind, extract_answer
 
 TEMPLATE_VERSION = "l2r-teacher-v1"  # bump when any text below changes (saved with every run)
 

@@ -18,12 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .records import ExamRecord, TeacherRecord, save_jsonl
-from .tasks import Example, get_task
-from .teacher_prompts import parse_output, save_templates
+from ..records import ExamRecord, TeacherRecord, save_jsonl
+from ..tasks import Example, get_task
+from .prompts import parse_output, save_templates
 
 if TYPE_CHECKING:
-    from .teacher import Teacher
+    from .teachers import Teacher
 
 OFFICIAL_ANSWER = "Therefore, the answer is {answer}."  # how the official data ends a rationale
 

@@ -28,10 +28,10 @@ import openai
 from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
-from .config import TeacherConfig
-from .redaction import redact
-from .teacher_cache import TeacherCache
-from .teacher_client import (ChatClient, ChatRequest, ChatResult, MalformedResponse, TeacherRequestError, Usage,
+from ..config import TeacherConfig
+from ..redaction import redact
+from .cache import TeacherCache
+from .client import (ChatClient, ChatRequest, ChatResult, MalformedResponse, TeacherRequestError, Usage,
                              describe_error, resolve_endpoint)
 
 log = logging.getLogger(__name__)

@@ -85,7 +85,7 @@ def cmd_exam(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .pipeline import run_pipeline
+    from .runner import run_pipeline
 
     params = args.params
     overrides = parse_sets(args.set)
@@ -151,7 +151,7 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from .evaluation import write_seed_tables, write_tables
+    from .tables import write_seed_tables, write_tables
 
     root = args.results or paths.results_dir()
     runs = sorted({p.parent for p in Path(root).glob("**/config.yaml")})
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def error_line(e: BaseException) -> str:
     """The one line a user sees: the message (a KeyError's without quotes), redacted."""
-    from .pipeline import StageFailed
+    from .runner import StageFailed
     from .run_lock import RunLockedError
     from .teacher.cache import CacheDamagedError
     from .teacher.client import TeacherRequestError

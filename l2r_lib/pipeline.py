@@ -1,31 +1,21 @@
-"""The papermill seam: one function per notebook stage, and the loop that runs them all.
-
-``run_pipeline("params/default.yaml")`` executes notebooks 01 -> 04 for every method, task and
-round into ``results/<run>/<method>/<task>/round-<k>/`` and then writes the run's tables and
-figures. Each stage writes ``<stage>.done.json`` when it has finished; a stage with that marker
-is never run again, so a rerun redoes nothing and a rerun after a crash resumes where it stopped
-(the teacher cache and the training checkpoints cover a stage that died half-way). A run
-directory has one writer at a time (``run_lock``): a second ``l2r run`` on it is refused.
+"""The papermill seam: a ``Round`` (one method, task and round of a run) and one function per
+notebook stage. Each stage writes ``<stage>.done.json`` when it has finished; a stage with that
+marker is never run again (its saved summary is returned), so a rerun redoes nothing. The loop
+that runs every stage of every round is ``runner.run_pipeline``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import platform
 import random
 import shutil
-import subprocess
-import sys
 import time
-import uuid
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from . import paths, run_lock
-from .config import RunConfig, load_config, save_config
+from .config import RunConfig, load_config
 from .methods import Method, get_method
 from .records import ExamRecord, TeacherRecord, load_jsonl
 from .tasks import Example, load_examples
@@ -49,6 +39,8 @@ class Round:
         """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new;
         ``overrides``: dotted keys over the params, checked like the YAML, e.g. ``{"train.reflection_weight": 0.1}``).
         Opened by hand, the notebook's kernel holds the run's lock until it shuts down."""
+        from .runner import prepare_run
+
         name = load_config(params, overrides).name
         run_lock.enter(Path(run_dir) if run_dir else paths.results_dir() / name)
         cfg, run_dir = prepare_run(params, run_dir, overrides, fix="pass another run_dir (or change name)")
@@ -316,277 +308,3 @@ def fixed_and_broken(rnd: Round) -> tuple[list[ExamRecord], list[ExamRecord]]:
         return [], []
     before = load_jsonl(ExamRecord, rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl")
     return diff(before, now)
-
-
-# --- the whole run --------------------------------------------------------------------------
-
-def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
-    """An earlier method of the run whose finished round 1 is the same computation as ``method``'s.
-
-    Round 1 differs between methods only by self-reflection (every method starts with plain
-    rationales for the train split), so methods with the same ``Method.reflection`` share one.
-    """
-    if not cfg.share_round1:
-        return None
-    for other in cfg.methods[: cfg.methods.index(method)]:
-        if (get_method(other).reflection == get_method(method).reflection
-                and Round(cfg, run_dir, other, task, 1).is_done("04_evaluation")):
-            return other
-    return None
-
-
-def share_round1(rnd: Round, donor: str) -> None:
-    """Copy the donor's finished round 1 (not its checkpoints) into ``rnd.dir``, all at once."""
-    src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, 1).dir
-    for stale in rnd.dir.parent.glob(f"{rnd.dir.name}.sharing*"):  # copies that died half-way
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = rnd.dir.with_name(f"{rnd.dir.name}.sharing-{uuid.uuid4().hex[:8]}")
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
-    metrics = json.loads((tmp / "metrics.json").read_text())
-    metrics.update(method=rnd.method, shared_from=donor)
-    # the donor's row counts what its teacher calls cost: counted again here, the table would bill them twice
-    metrics.update({k: 0 for k in ("teacher_requests", "teacher_failed_after_response", "teacher_abandoned",
-                                   "teacher_batched", "teacher_prompt_tokens", "teacher_completion_tokens",
-                                   "teacher_cost_usd")})
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (tmp / "SHARED.md").write_text(f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` "
-                                   f"(feedback starts in round 2; both {'use' if rnd.uses_reflection else 'skip'} "
-                                   f"self-reflection): copied from `{donor}/{rnd.task}/round-1`, notebooks included.\n")
-    shutil.rmtree(rnd.dir, ignore_errors=True)  # a copy that died half-way
-    tmp.rename(rnd.dir)
-
-
-def exam_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
-    """An earlier method of the run whose round-2 train exam is ``method``'s: the exam reads only
-    round 1's adapter, the train questions and the seed, so two methods that share round 1 take
-    the same round-2 exam (the same mistakes and wrong rationales; later rounds differ)."""
-    if not cfg.share_round1 or not Round(cfg, run_dir, method, task, 2).takes_exam:
-        return None
-
-    def origin(m: str) -> str:  # the method whose round 1 actually ran
-        metrics = Round(cfg, run_dir, m, task, 1).dir / "metrics.json"
-        return (json.loads(metrics.read_text()).get("shared_from") or m) if metrics.is_file() else m
-
-    for other in cfg.methods[: cfg.methods.index(method)]:
-        if origin(other) == origin(method) and Round(cfg, run_dir, other, task, 2).is_done("01_mistake_analysis"):
-            return other
-    return None
-
-
-# what ``mistake_analysis`` writes, and its notebook (a test checks the list against a fresh exam)
-EXAM_FILES = ("01_mistake_analysis.ipynb", "exam_train.jsonl", "exam_train.summary.json", "mistakes_official.json",
-              "error_types.csv")
-
-
-def share_exam(rnd: Round, donor: str) -> None:
-    """Copy the donor's round-2 exam (what notebook 01 writes) into ``rnd.dir``; the done marker last."""
-    src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, rnd.round_idx).dir
-    rnd.dir.mkdir(parents=True, exist_ok=True)
-    for name in EXAM_FILES:
-        shutil.copy2(src / name, rnd.dir / name)
-    (rnd.dir / "SHARED.md").write_text(
-        f"The train exam of round {rnd.round_idx} (notebook 01: `exam_train.jsonl`, mistakes, error types) is "
-        f"`{donor}`'s: both start round {rnd.round_idx} from the same round-1 adapter with the same seed, "
-        f"so it is one computation. Copied from `{donor}/{rnd.task}/round-{rnd.round_idx}`, notebook included; "
-        "the teacher, training and evaluation of this round are this method's own.\n")
-    summary = json.loads((src / "01_mistake_analysis.done.json").read_text()) | {"shared_from": donor}
-    (rnd.dir / "01_mistake_analysis.done.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def rounds_of(cfg: RunConfig, method: str) -> int:
-    return get_method(method).rounds(cfg.rounds)
-
-
-def prepare_run(params: str | Path, out: str | Path | None = None, overrides: dict | None = None,
-                fix: str = "use another --out or name") -> tuple[RunConfig, Path]:
-    """Resolve the params (and ``overrides``) into ``<run_dir>/config.yaml`` and write the manifest;
-    ``fix`` is what the error for a run directory that holds another config advises."""
-    cfg = load_config(params, overrides)
-    run_dir = Path(out) if out else paths.results_dir() / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    if config_path.is_file():
-        saved = load_config(config_path)
-        if saved == cfg:
-            return cfg, run_dir
-        if not _extends(saved, cfg):
-            changed = _changed_keys(saved.to_dict(), cfg.to_dict())
-            raise ValueError(f"{config_path} holds a different config than {params} ({', '.join(changed)} differ); "
-                             f"a run grows only by appending methods or tasks: {fix}")
-        # More methods or tasks, all else equal: what has run stays valid, the run grows.
-        save_config(cfg, config_path)
-        record = json.loads((run_dir / "manifest.json").read_text())
-        record.setdefault("extended", []).append({"params_file": shown_path(params), "git_commit": _git_commit(),
-                                                  "methods": cfg.methods, "tasks": cfg.tasks})
-        record["config"] = cfg.to_dict()
-        record["method_declarations"] = {m: dataclasses.asdict(get_method(m)) for m in cfg.methods}
-        (run_dir / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
-        return cfg, run_dir
-    save_config(cfg, config_path)
-    (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, params), indent=2) + "\n")
-    return cfg, run_dir
-
-
-def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    out = []
-    for key in a.keys() | b.keys():
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _changed_keys(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}")
-    return sorted(out)
-
-
-def _extends(saved: RunConfig, cfg: RunConfig) -> bool:
-    """``cfg`` is ``saved`` with methods or tasks appended (same order for those already there)."""
-    grown = dataclasses.replace(cfg, methods=saved.methods, tasks=saved.tasks)
-    return (grown == saved and cfg.methods[: len(saved.methods)] == saved.methods
-            and cfg.tasks[: len(saved.tasks)] == saved.tasks)
-
-
-def restore_adapter(rnd: Round) -> None:
-    """Train a finished round's adapter again when it is missing: adapters are not committed, so a
-    fresh clone of a half-done study has each round's data but not its weights. Training reads
-    only saved files (teacher records, exam) with the run's seed: no teacher call, same adapter."""
-    marker = rnd.dir / "03_round_training.done.json"
-    if (rnd.dir / "adapter").is_dir() or not marker.is_file():
-        return
-    if rnd.round_idx > 1:
-        restore_adapter(Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, rnd.round_idx - 1))
-    print(f"[l2r] {rnd.method} / {rnd.task} / round {rnd.round_idx}: adapter missing, training it again", flush=True)
-    summary = marker.read_text()
-    marker.unlink()
-    round_training(rnd)
-    marker.write_text(summary)  # the round's record (steps, seconds) stays the original one
-
-
-def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bool = True,
-                 overrides: dict | None = None) -> Path:
-    """Execute every notebook of every method, task and round; then the tables. Returns the run dir.
-    This process holds the run's lock until it exits (RunLockedError if another process has it).
-    ``progress``: the notebooks' own output (exam, teacher and training progress) streams to the terminal."""
-    import papermill as pm
-
-    from .evaluation import write_tables
-
-    run_lock.hold(Path(out) if out else paths.results_dir() / load_config(params, overrides).name, for_children=True)
-    cfg, run_dir = prepare_run(params, out, overrides)
-    for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
-        for method in cfg.methods:
-            for k in range(1, rounds_of(cfg, method) + 1):
-                rnd = Round(cfg, run_dir, method, task, k)
-                if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):
-                    print(f"[l2r] {method} / {task} / round 1: shared with {donor}", flush=True)
-                    share_round1(rnd, donor)
-                if k == 2 and not rnd.is_done("01_mistake_analysis") and (donor := exam_donor(cfg, run_dir, method, task)):
-                    print(f"[l2r] {method} / {task} / round 2: 01_mistake_analysis shared with {donor}", flush=True)
-                    share_exam(rnd, donor)
-                if not rnd.is_done("04_evaluation"):  # training needs the previous adapter, evaluation its own
-                    trained = k == 1 or rnd.is_done("03_round_training")
-                    restore_adapter(rnd if trained else Round(cfg, run_dir, method, task, k - 1))
-                for nb in NOTEBOOKS:
-                    if rnd.is_done(nb):
-                        continue
-                    rnd.dir.mkdir(parents=True, exist_ok=True)
-                    print(f"[l2r] {method} / {task} / round {k}: {nb}", flush=True)
-                    executed = rnd.dir / f"{nb}.ipynb"
-                    try:  # paths relative to the run (its folder is the kernel's cwd): records hold no machine path
-                        pm.execute_notebook(
-                            str(paths.notebooks_dir() / f"{nb}.ipynb"), str(executed),
-                            parameters={"params": "config.yaml", "run_dir": ".", "method": method, "task": task,
-                                        "round_idx": k},
-                            kernel_name="python3", progress_bar=False, cwd=str(run_dir),
-                            **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}),
-                        )
-                    except pm.PapermillExecutionError as e:
-                        raise StageFailed(nb, rnd, e) from e
-                    finally:
-                        if executed.is_file():
-                            scrub_notebook(executed, run_dir)
-    write_tables(run_dir)
-    return run_dir
-
-
-def scrub_notebook(path: Path, run_dir: Path) -> None:
-    """An executed notebook without the machine's paths: papermill's input/output paths relative to the
-    run, and the run folder, the checkout, the Python environment and the home folder in any output
-    (a warning's or a traceback's file names) as ``.``, ``<repo>``, ``<env>`` and ``~``."""
-    nb = json.loads(path.read_text())
-    meta = nb.get("metadata", {}).get("papermill", {})
-    if "input_path" in meta:
-        meta["input_path"] = f"notebooks/{Path(meta['input_path']).name}"
-    if "output_path" in meta:
-        meta["output_path"] = str(path.resolve().relative_to(run_dir.resolve()))
-    text = json.dumps(nb, indent=1, ensure_ascii=False)
-    for prefix, name in ((run_dir.resolve(), "."), (Path(sys.prefix), "<env>"), (paths.REPO_ROOT, "<repo>"),
-                         (Path(sys.base_prefix), "<python>"), (Path.home(), "~")):
-        text = text.replace(json.dumps(str(prefix))[1:-1], name)
-    path.write_text(text + "\n")
-
-
-class StageFailed(RuntimeError):
-    """A notebook stage raised: one line with the stage, the round, the error and the notebook to open."""
-
-    def __init__(self, stage: str, rnd: Round, error: Exception):
-        from .redaction import redact
-
-        name, value = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
-        last = " ".join(redact(f"{name}: {value}").split())
-        super().__init__(f"stage {stage} of {rnd.method}/{rnd.task}/round-{rnd.round_idx} failed: {last}; "
-                         f"see {rnd.dir / f'{stage}.ipynb'}")
-
-
-def manifest(cfg: RunConfig, params: str | Path) -> dict:
-    """What a reader needs to trace every number back: params, versions, commit, data hashes, prompts."""
-    from .teacher.prompts import templates
-
-    versions = {}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "openai", "papermill"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    t = cfg.teacher
-    feedback = t.feedback_kind or t.kind
-    return {
-        "run": cfg.name, "params_file": shown_path(params), "config": cfg.to_dict(), "student": cfg.student.name,
-        "teacher_model": t.model if "openai" in (t.kind, feedback) else None,
-        "teacher_description": t.describe(),
-        "git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
-        "data_files": _data_hashes(cfg), "prompt_templates": templates(),
-        "method_declarations": {m: dataclasses.asdict(get_method(m)) for m in cfg.methods},
-    }
-
-
-def shown_path(path: str | Path) -> str:
-    """A path as a record shows it: relative to the checkout or the working folder when inside one
-    (records travel between machines), else as given."""
-    resolved = Path(path).expanduser().resolve()
-    for root in (paths.REPO_ROOT, Path.cwd()):
-        if resolved.is_relative_to(root.resolve()):
-            return str(resolved.relative_to(root.resolve()))
-    return str(path)
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _data_hashes(cfg: RunConfig) -> dict[str, str]:
-    root = paths.data_dir(cfg.data_dir)
-    if root is None:
-        return {}
-    wanted = {"gsm8k": "gsm8k", "multiarith": "multiarith", "svamp": "svamp", "csqa": "csqa", "strategyqa": "strategyqa"}
-    out = {}
-    for task in cfg.tasks:
-        if task not in wanted:
-            continue
-        for f in sorted((root / wanted[task]).glob("*")) + sorted((root / "recorded_teacher").glob(f"{task}.*")):
-            out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-    return out

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import pipeline
-from .evaluation import _add_caption, _caption, bootstrap_interval, error_type, first_false_claim
+from .evaluation import error_type, first_false_claim
+from .figures import add_caption
+from .tables import bootstrap_interval, run_caption
 from .records import ExamRecord, TeacherRecord
 from .tasks import get_task
 
@@ -43,7 +45,7 @@ def _starting_student(rnd: pipeline.Round) -> str:
 
 def caption(rnd: pipeline.Round) -> str:
     """The run's caption for figures: the run, the student and who wrote the teacher's rationales."""
-    return _caption(rnd.run_dir)
+    return run_caption(rnd.run_dir)
 
 
 # --- 01 mistake analysis ------------------------------------------------------------------------
@@ -322,7 +324,7 @@ def plot_distances(rnd: pipeline.Round):
     ax.set(xlabel="step", ylabel="1 − cos", title=f"{rnd.where}: triplet distances in training (mean a batch)",
            ylim=(0, None))
     ax.legend(fontsize=8, frameon=False)
-    _add_caption(fig, caption(rnd))
+    add_caption(fig, caption(rnd))
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
@@ -380,7 +382,7 @@ def student_vs_teacher(rnd: pipeline.Round, n: int = 3) -> pd.DataFrame | str:
 def plot_round_losses(rnd: pipeline.Round):
     """MLE (and triplet) loss per step of this method's rounds 1..k on this task, this round last;
     one line when this round trained no step."""
-    from .evaluation import plot_losses
+    from .figures import plot_losses
 
     if round_losses(rnd).empty:
         print(f"{rnd.where} trained no step (no losses.csv): nothing to plot.")

@@ -123,12 +123,12 @@ def test_a_read_only_output_folder_is_one_line(tmp_path):
 
 
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys, data_dir):
-    from l2r_lib import pipeline
+    from l2r_lib import runner
 
     def full(*args, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.ipynb"))
 
-    monkeypatch.setattr(pipeline, "run_pipeline", full)
+    monkeypatch.setattr(runner, "run_pipeline", full)
     with pytest.raises(SystemExit) as exit_:
         main(["--data-dir", str(data_dir), "run", _params(tmp_path, TINY), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from l2r_lib.evaluation import bootstrap_interval, collect_metrics, error_type, interval_table, paper_table
+from l2r_lib.evaluation import error_type
+from l2r_lib.tables import bootstrap_interval, collect_metrics, interval_table, paper_table
 from l2r_lib.records import ExamRecord, save_jsonl
 
 
@@ -89,7 +90,7 @@ def test_contradiction_rate_on_hand_made_records():
 
 
 def test_diagnostics_table_reads_triplet_rows_and_contradictions_per_round(tmp_path):
-    from l2r_lib.evaluation import write_tables
+    from l2r_lib.tables import write_tables
 
     for k, answers, triplets in ((1, ["1", "9"], 12), (2, ["1", "1"], None)):
         d = tmp_path / "tailored" / "multiarith" / f"round-{k}"

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 
-from l2r_lib.evaluation import collect_metrics, plot_accuracy_by_round, plot_losses, round_intervals
+from l2r_lib.figures import plot_accuracy_by_round, plot_losses
+from l2r_lib.tables import collect_metrics, round_intervals
 from l2r_lib.records import ExamRecord, save_jsonl
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from l2r_lib import pipeline
+from l2r_lib import pipeline, runner
 
 DUMMY_KEY = "sk-l2r-DUMMY-never-write-me-4242"
 
@@ -124,8 +124,8 @@ def test_round_2_exam_after_a_shared_round_1_is_shared_and_is_the_same_computati
     assert load_jsonl(ExamRecord, rnd.dir / "exam_train.jsonl") == load_jsonl(ExamRecord, donor / "exam_train.jsonl")
     # what sharing copies is everything stage 01 writes (its notebook comes from papermill)
     written = {p.name for p in rnd.dir.iterdir()} - {"01_mistake_analysis.done.json"}
-    assert written == set(pipeline.EXAM_FILES) - {"01_mistake_analysis.ipynb"}
-    assert set(pipeline.EXAM_FILES) <= {p.name for p in mine.iterdir()}
+    assert written == set(runner.EXAM_FILES) - {"01_mistake_analysis.ipynb"}
+    assert set(runner.EXAM_FILES) <= {p.name for p in mine.iterdir()}
 
 
 def test_round_1_reflects_and_the_tables_report_triplet_rows_and_contradictions(tiny_run):
@@ -181,7 +181,7 @@ def test_each_method_asks_the_teacher_about_the_questions_its_declaration_names(
             assert [q.id for q in questions] == mistaken and not mistakes, name
         _, round1, _ = pipeline._teacher_job(pipeline.Round(cfg, tmp_path, name, "synthetic", 1))
         assert round1 == train
-    assert pipeline.rounds_of(cfg, "std-cot") == 1 and pipeline.rounds_of(cfg, "no-feedback") == cfg.rounds
+    assert runner.rounds_of(cfg, "std-cot") == 1 and runner.rounds_of(cfg, "no-feedback") == cfg.rounds
 
 
 def test_rerun_of_a_finished_run_redoes_nothing(tiny_run):
@@ -263,7 +263,7 @@ def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny
     params["rounds"] = 3  # anything but appended methods or tasks is another run
     grown.write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match="grows only by appending"):
-        pipeline.prepare_run(grown, run)
+        runner.prepare_run(grown, run)
 
 
 def test_records_hold_no_machine_path(tiny_run):

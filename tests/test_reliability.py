@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from fault_proxy import FaultProxy
-from l2r_lib import pipeline, run_lock
+from l2r_lib import pipeline, run_lock, runner
 from teacher_fixtures import DUMMY_KEY, files_containing
 
 TRAIN = 6  # teacher prompts of a run
@@ -111,7 +111,7 @@ def test_a_refusing_endpoint_fails_the_stage_in_one_line_and_the_key_is_written_
 def test_the_teacher_table_shows_every_outcome_that_may_be_billed():
     import pandas as pd
 
-    from l2r_lib.evaluation import teacher_table
+    from l2r_lib.tables import teacher_table
 
     metrics = pd.DataFrame([{"method": "tailored", "task": "gsm8k", "round": 1, "teacher": "openai:x",
                              "teacher_requests": 501, "teacher_failed_after_response": 3, "teacher_abandoned": 40,
@@ -129,7 +129,7 @@ def test_a_shared_round_1_does_not_bill_the_donors_requests_again(tmp_path):
     billed = {"teacher_requests": 48, "teacher_abandoned": 2, "teacher_cost_usd": 0.5, "teacher_kept": 40}
     (donor.dir / "metrics.json").write_text(json.dumps({"method": "tailored", "round": 1, **billed}))
     shared = pipeline.Round(cfg, tmp_path, "no-feedback", "synthetic", 1)
-    pipeline.share_round1(shared, "tailored")
+    runner.share_round1(shared, "tailored")
     metrics = json.loads((shared.dir / "metrics.json").read_text())
     assert metrics["shared_from"] == "tailored" and metrics["teacher_kept"] == 40  # trained on the same examples
     assert (metrics["teacher_requests"], metrics["teacher_abandoned"], metrics["teacher_cost_usd"]) == (0, 0, 0)

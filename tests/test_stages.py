@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from l2r_lib import pipeline
+from l2r_lib import pipeline, runner
 from l2r_lib.cli import parse_sets
 
 TINY = REPO / "params" / "tiny.yaml"
@@ -61,7 +61,7 @@ def test_scrubbed_notebooks_hold_no_machine_path(tmp_path):
           "metadata": {"papermill": {"input_path": str(REPO / "notebooks" / "01_mistake_analysis.ipynb"),
                                      "output_path": str(nb_path.resolve())}}}
     nb_path.write_text(json.dumps(nb))
-    pipeline.scrub_notebook(nb_path, run)
+    runner.scrub_notebook(nb_path, run)
     text = nb_path.read_text()
     assert str(tmp_path) not in text and str(REPO) not in text and sys.prefix not in text
     meta = json.loads(text)["metadata"]["papermill"]

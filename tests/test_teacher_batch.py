@@ -305,7 +305,7 @@ def test_the_pipeline_keeps_the_batch_with_the_round_and_reports_the_batch_price
 
     from l2r_lib import pipeline
     from l2r_lib.config import load_config
-    from l2r_lib.evaluation import teacher_table
+    from l2r_lib.tables import teacher_table
 
     fake = server()
     cfg = load_config(TESTS.parent / "params" / "tiny.yaml", overrides={

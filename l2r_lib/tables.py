@@ -1,0 +1,277 @@
+"""Tables over saved runs: per-round metrics, the paper's layout with bootstrap intervals, the
+seed table, the diagnostics and the stage times, as ``tables/*.md|csv`` (``l2r tables``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import METHODS
+from .evaluation import contradiction_stats, triplet_rows
+from .records import ExamRecord, load_jsonl
+
+def collect_metrics(results_root: str | Path) -> pd.DataFrame:
+    """One row per (run, method, task, round) from every ``metrics.json`` under ``results_root``;
+    ``final_round``: the round the method ends with in its run's ``config.yaml`` (None if unknown)."""
+    import yaml
+
+    rows, planned = [], {}
+    for path in sorted(Path(results_root).glob("**/round-*/metrics.json")):
+        row = json.loads(path.read_text()) | {"path": str(path.parent)}
+        config = path.parents[3] / "config.yaml"  # <run>/<method>/<task>/round-k/metrics.json
+        if config not in planned:
+            planned[config] = yaml.safe_load(config.read_text()).get("rounds") if config.is_file() else None
+        spec = METHODS.get(row.get("method"))
+        row["final_round"] = None if planned[config] is None or spec is None else spec.rounds(planned[config])
+        rows.append(row)
+    columns = ["run", "method", "task", "round", "accuracy", "questions", "path", "final_round"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each (method, task)'s last round, for the methods that have finished their run's last round:
+    a method halfway through its rounds is left out rather than compared at an earlier round."""
+    last = metrics.sort_values("round").groupby(["method", "task"], as_index=False).last()
+    if "final_round" not in last:
+        return last
+    return last[last["final_round"].isna() | (last["round"] == last["final_round"])]
+
+
+def accuracy_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout: methods as rows, tasks as columns, final-round test accuracy (%)."""
+    final = final_rows(metrics)
+    table = final.pivot(index="method", columns="task", values="accuracy") * 100
+    table.columns.name = None
+    return table.round(1)
+
+
+def by_round_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    table = metrics.pivot_table(index=["method", "task"], columns="round", values="accuracy") * 100
+    table.columns = [f"round {c}" for c in table.columns]
+    return table.round(1)
+
+
+def teacher_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    cols = ["method", "task", "round", "teacher", "teacher_requests", "teacher_failed_after_response",
+            "teacher_abandoned", "teacher_batched", "teacher_kept", "teacher_dropped",
+            "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd"]
+    present = [c for c in cols if c in metrics.columns]
+    return metrics[present].sort_values(["method", "task", "round"]).reset_index(drop=True)
+
+
+def bootstrap_interval(correct, diff_from=None, n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the accuracy over test questions, or of the paired
+    accuracy difference ``correct - diff_from`` when both were graded on the same questions."""
+    x = np.asarray(correct, dtype=float)
+    if diff_from is not None:
+        x = x - np.asarray(diff_from, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    means = x[np.random.default_rng(seed).integers(0, x.size, (n_boot, x.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
+    """(method, task) -> per-question greedy correctness of the last round's test exam, by id."""
+    final = final_rows(metrics)
+    out = {}
+    for row in final.itertuples():
+        path = Path(row.path) / "exam_test.jsonl"
+        if path.is_file():
+            records = sorted(load_jsonl(ExamRecord, path), key=lambda r: r.id)
+            out[(row.method, row.task)] = [r.correct[0] for r in records]
+    return out
+
+
+BASELINES = ("std-cot", "std-cot-matched", "tailored")
+
+
+def interval_table(metrics: pd.DataFrame, baselines: tuple[str, ...] = BASELINES) -> pd.DataFrame:
+    """Per method and task: the teacher examples trained on (all rounds), last-round accuracy with its
+    bootstrap 95% interval, and the paired difference to each baseline method on the same test
+    questions with its interval (all in %)."""
+    correct = _final_correct(metrics)
+    used = metrics.groupby(["method", "task"])["teacher_kept"].sum() if "teacher_kept" in metrics else {}
+    rows = []
+    for (method, task), c in sorted(correct.items()):
+        lo, hi = bootstrap_interval(c)
+        row = {"method": method, "task": task, "teacher_examples": int(used.get((method, task), 0)),
+               "questions": len(c), "accuracy": 100 * float(np.mean(c)), "ci95_low": 100 * lo, "ci95_high": 100 * hi}
+        for b in baselines:
+            base = correct.get((b, task))
+            if base is not None and method != b and len(base) == len(c):
+                dlo, dhi = bootstrap_interval(c, diff_from=base)
+                row |= {f"vs {b}": 100 * (np.mean(c) - np.mean(base)), f"vs {b} ci95_low": 100 * dlo,
+                        f"vs {b} ci95_high": 100 * dhi}
+        rows.append(row)
+    return pd.DataFrame(rows).round(1)
+
+
+def paper_table(intervals: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout with the uncertainty in each cell: methods x tasks, "accuracy [95% interval]"."""
+    if intervals.empty:  # no method has finished its last round yet
+        return pd.DataFrame()
+    cells = intervals.assign(cell=[f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in
+                                   zip(intervals["accuracy"], intervals["ci95_low"], intervals["ci95_high"])])
+    table = cells.pivot(index="method", columns="task", values="cell")
+    order = [m for m in METHODS if m in table.index] + [m for m in table.index if m not in METHODS]
+    table = table.loc[order, [t for t in intervals["task"].drop_duplicates()]]
+    table.columns.name = None
+    return table
+
+
+def round_intervals(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per method, task and round: test accuracy (%) with its bootstrap 95% interval over test questions."""
+    rows = []
+    for row in metrics.sort_values(["method", "task", "round"]).itertuples():
+        path = Path(row.path) / "exam_test.jsonl"
+        correct = [r.correct[0] for r in load_jsonl(ExamRecord, path)] if path.is_file() else []
+        lo, hi = bootstrap_interval(correct)
+        rows.append({"method": row.method, "task": row.task, "round": int(row.round), "accuracy": 100 * row.accuracy,
+                     "ci95_low": 100 * lo, "ci95_high": 100 * hi})
+    return pd.DataFrame(rows)
+
+
+def seed_table(run_dirs: list[Path]) -> pd.DataFrame:
+    """One study run once per seed: per method and task, the last round's test accuracy (%) of each
+    seed with its bootstrap 95% interval, and their mean and spread (sample std, min, max) over seeds."""
+    import yaml
+
+    rows = []
+    for run_dir in run_dirs:
+        seed = yaml.safe_load((run_dir / "config.yaml").read_text()).get("seed")
+        for (method, task), c in _final_correct(collect_metrics(run_dir)).items():
+            lo, hi = bootstrap_interval(c)
+            rows.append({"method": method, "task": task, "seed": seed, "accuracy": 100 * float(np.mean(c)),
+                         "ci95_low": 100 * lo, "ci95_high": 100 * hi})
+    per_seed = pd.DataFrame(rows)
+    if per_seed.empty:
+        return per_seed
+    out = []
+    for (method, task), g in per_seed.groupby(["method", "task"], sort=False):
+        g = g.sort_values("seed")
+        out.append({"method": method, "task": task, "seeds": len(g), "mean": g["accuracy"].mean(),
+                    "std": g["accuracy"].std(ddof=1) if len(g) > 1 else float("nan"),
+                    "min": g["accuracy"].min(), "max": g["accuracy"].max(),
+                    "per seed [95% interval]": "; ".join(f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in
+                                                        zip(g["accuracy"], g["ci95_low"], g["ci95_high"]))})
+    table = pd.DataFrame(out)
+    order = {m: i for i, m in enumerate(METHODS)}
+    return table.sort_values(["task", "method"], key=lambda c: c.map(order) if c.name == "method" else c).round(1)
+
+
+def write_seed_tables(runs: list[Path]) -> list[Path]:
+    """``<parent>/tables/seeds.md|csv`` for every parent folder that holds runs of one config under several seeds."""
+    import yaml
+
+    groups: dict[Path, list[Path]] = {}
+    for run_dir in runs:
+        groups.setdefault(run_dir.parent, []).append(run_dir)
+    written = []
+    for parent, group in groups.items():
+        names = {yaml.safe_load((r / "config.yaml").read_text()).get("name") for r in group}
+        if len(group) < 2 or len(names) != 1:
+            continue
+        table = seed_table(group)
+        if table.empty:
+            continue
+        (parent / "tables").mkdir(exist_ok=True)
+        table.to_csv(parent / "tables" / "seeds.csv", index=False)
+        caption = (f"Runs of `{names.pop()}` with seeds {sorted(yaml.safe_load((r / 'config.yaml').read_text())['seed'] for r in group)}: "
+                   "test accuracy (%) after the last round, mean and spread over seeds, and each seed's bootstrap "
+                   "95% interval over test questions.")
+        (parent / "tables" / "seeds.md").write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+        written.append(parent / "tables" / "seeds.md")
+    return written
+
+
+def diagnostics_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per method, task and round: the training rows that had a triplet, and how often the test answers
+    contradict their rationale's last computed result (read from the saved round files, so old runs get it too)."""
+    rows = []
+    for row in metrics.sort_values(["method", "task", "round"]).to_dict("records"):
+        exam = Path(row["path"]) / "exam_test.jsonl"
+        stats = contradiction_stats(load_jsonl(ExamRecord, exam)) if exam.is_file() else {}
+        rate = stats.get("contradiction_rate")
+        rows.append({"method": row["method"], "task": row["task"], "round": row["round"],
+                     "rows_with_triplet": triplet_rows(row["path"]),
+                     "contradiction_pct": None if rate is None else round(100 * rate, 1),
+                     "contradictions": stats.get("contradictions"), "compared": stats.get("contradiction_compared")})
+    return pd.DataFrame(rows)
+
+
+def stage_seconds_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Wall time (s) of each notebook stage per method, task and round (a shared round 1 or round-2
+    exam shows its donor's times, marked in ``shared_from``)."""
+    rows = []
+    for row in metrics.sort_values(["method", "task", "round"]).to_dict("records"):
+        seconds = row.get("seconds") if isinstance(row.get("seconds"), dict) else {}
+        shared = row.get("shared_from")
+        rows.append({"method": row["method"], "task": row["task"], "round": row["round"], **seconds,
+                     "shared_from": shared if isinstance(shared, str) else ""})
+    return pd.DataFrame(rows)
+
+
+def write_tables(run_dir: str | Path) -> dict[str, Path]:
+    """Write ``tables/*.md|csv`` and ``figures/*.png`` of one run from its saved metrics."""
+    run_dir = Path(run_dir)
+    metrics = collect_metrics(run_dir)
+    if metrics.empty:
+        raise FileNotFoundError(f"no round metrics under {run_dir}; has the run finished a round?")
+    (run_dir / "tables").mkdir(exist_ok=True)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    from .figures import plot_accuracy_by_round, plot_losses  # figures read this module's intervals
+
+    written = {}
+    who = run_caption(run_dir)
+    finished = final_rows(metrics)[["method", "task"]].apply(tuple, axis=1).tolist()
+    unfinished = sorted({f"{m} / {t}" for m, t in zip(metrics["method"], metrics["task"]) if (m, t) not in finished})
+    # the after-the-last-round tables leave them out; the by-round ones show what they have
+    left_out = f" Not finished, left out: {', '.join(unfinished)}." if unfinished else ""
+    intervals = interval_table(metrics)
+    tables = [
+        ("accuracy", accuracy_table(metrics), f"Test accuracy (%) after the last round, methods x tasks.{left_out}"),
+        ("paper", paper_table(intervals), "Test accuracy (%) after the last round with a bootstrap 95% interval "
+         f"over test questions (one seed), methods x tasks.{left_out}"),
+        ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
+        ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round: "
+         "requests answered, failed after a response (rejected: empty, refusal, unparseable) and abandoned "
+         "(sent, no response read: past the deadline, cancelled, connection lost), all of which may be billed; "
+         "of these, sent through the Batch API (billed at its price, teacher.mode batch); "
+         "tokens and cost of every response received."),
+        ("intervals", intervals, "Teacher examples trained on (all rounds); test accuracy (%) after "
+         "the last round with a bootstrap 95% interval over test questions (one seed), and the paired differences "
+         f"to {', '.join(BASELINES)} on the same questions, with their intervals.{left_out}"),
+        ("diagnostics", diagnostics_table(metrics), "Training rows with a triplet (anchor, positive, negative) "
+         "per round, and test answers whose answer line contradicts the rationale's last computed result "
+         "(\"85 - 84 = 1. Answer: 85\"): % of the answers that state a number and compute one."),
+        ("stage_seconds", stage_seconds_table(metrics), "Wall time (s) of each stage; a round 1 shared between "
+         "methods ran once, and so did a round-2 exam shared after it (shared_from: the method it ran in)."),
+    ]
+    for name, table, caption in tables:
+        csv, md = run_dir / "tables" / f"{name}.csv", run_dir / "tables" / f"{name}.md"
+        index = name in ("accuracy", "paper")
+        table.to_csv(csv, index=index)
+        shown = table.astype(object).where(table.notna(), None)  # NaN (no such round) prints as "–"
+        md.write_text(f"{caption} {who}\n\n{shown.to_markdown(index=index, missingval='–')}\n")
+        written[name] = md
+    written["accuracy_by_round_png"] = plot_accuracy_by_round(metrics, run_dir / "figures" / "accuracy_by_round.png", who)
+    losses = plot_losses(run_dir, run_dir / "figures" / "losses.png", caption=who)
+    if losses:
+        written["losses_png"] = losses
+    return written
+
+
+def run_caption(run_dir: Path) -> str:
+    """Who made a run's numbers (run, student, teachers), from its manifest: under every table and figure."""
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        return f"Run `{run_dir.name}`."
+    from .config import TeacherConfig
+
+    m = json.loads(manifest.read_text())
+    teachers = TeacherConfig(**m["config"]["teacher"]).describe() if "config" in m else m.get("teacher_description")
+    return f"Run `{m.get('run')}`, student `{m.get('student')}`, teacher: {teachers}."

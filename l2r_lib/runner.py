@@ -101,10 +101,6 @@ def share_exam(rnd: Round, donor: str) -> None:
     (rnd.dir / "01_mistake_analysis.done.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def rounds_of(cfg: RunConfig, method: str) -> int:
-    return get_method(method).rounds(cfg.rounds)
-
-
 def prepare_run(params: str | Path, out: str | Path | None = None, overrides: dict | None = None,
                 fix: str = "use another --out or name") -> tuple[RunConfig, Path]:
     """Resolve the params (and ``overrides``) into ``<run_dir>/config.yaml`` and write the manifest;
@@ -183,7 +179,7 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
     cfg, run_dir = prepare_run(params, out, overrides)
     for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
         for method in cfg.methods:
-            for k in range(1, rounds_of(cfg, method) + 1):
+            for k in range(1, get_method(method).rounds(cfg.rounds) + 1):
                 rnd = Round(cfg, run_dir, method, task, k)
                 if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):
                     print(f"[l2r] {method} / {task} / round 1: shared with {donor}", flush=True)

@@ -181,7 +181,7 @@ def test_each_method_asks_the_teacher_about_the_questions_its_declaration_names(
             assert [q.id for q in questions] == mistaken and not mistakes, name
         _, round1, _ = pipeline._teacher_job(pipeline.Round(cfg, tmp_path, name, "synthetic", 1))
         assert round1 == train
-    assert runner.rounds_of(cfg, "std-cot") == 1 and runner.rounds_of(cfg, "no-feedback") == cfg.rounds
+    assert METHODS["std-cot"].rounds(cfg.rounds) == 1 and METHODS["no-feedback"].rounds(cfg.rounds) == cfg.rounds
 
 
 def test_rerun_of_a_finished_run_redoes_nothing(tiny_run):

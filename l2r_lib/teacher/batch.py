@@ -32,7 +32,7 @@ from ..config import TeacherConfig
 from ..redaction import redact
 from .cache import TeacherCache
 from .client import (ChatClient, ChatRequest, ChatResult, MalformedResponse, TeacherRequestError, Usage,
-                             describe_error, resolve_endpoint)
+                     describe_error, resolve_endpoint)
 
 log = logging.getLogger(__name__)
 

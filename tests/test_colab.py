@@ -57,6 +57,8 @@ def test_colab_user_installs_from_git_and_runs_in_an_empty_folder(tmp_path):
     install = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", f"{paths.DISTRIBUTION} @ git+file://{REPO}"],
                              capture_output=True, text=True, env=env)
     assert install.returncode == 0, install.stderr[-2000:]
+    shipped = sorted(p.relative_to(site / "l2r_lib" / "params") for p in (site / "l2r_lib" / "params").rglob("*.yaml"))
+    assert shipped == sorted(p.relative_to(REPO / "params") for p in (REPO / "params").rglob("*.yaml"))  # every params set
     work = tmp_path / "work"
     work.mkdir()
     where = subprocess.run([py, "-c", "import l2r_lib.paths as p; print(p.PACKAGE_DIR, p.in_checkout())"],

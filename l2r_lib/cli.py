@@ -165,7 +165,7 @@ def cmd_tables(args: argparse.Namespace) -> None:
             continue
         print(f"{run_dir}: " + ", ".join(str(p.relative_to(run_dir)) for p in written.values()))
     for table in write_seed_tables(runs):
-        print(f"{table.parent.parent}: tables/seeds.md (over seeds)")
+        print(f"{table.parent.parent}: tables/seeds.md, tables/seeds_by_round.md, figures/seeds.png (over seeds)")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:

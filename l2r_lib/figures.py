@@ -53,6 +53,37 @@ def plot_accuracy_by_round(metrics: pd.DataFrame, path: str | Path | None = None
     return _show_or_save(fig, path, rect=(0, 0.08 if caption else 0, 1, 1))
 
 
+def plot_seeds(per_round: pd.DataFrame, path: str | Path | None = None, caption: str = ""):
+    """Small multiples of a study run once per seed: one panel per method (columns) and task (rows),
+    each seed's test accuracy by round as a thin line, the mean over seeds bold."""
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if m in set(per_round["method"])] + sorted(set(per_round["method"]) - set(METHODS))
+    tasks = list(dict.fromkeys(per_round["task"]))
+    colors = _method_colors(methods)
+    fig, axes = plt.subplots(len(tasks), len(methods), figsize=(1.0 + 2.4 * len(methods), 0.8 + 2.4 * len(tasks)),
+                             squeeze=False, sharex=True, sharey="row")
+    for row, task in enumerate(tasks):
+        for col, method in enumerate(methods):
+            ax = axes[row][col]
+            d = per_round[(per_round["task"] == task) & (per_round["method"] == method)]
+            for _, s in d.groupby("seed"):
+                ax.plot(s["round"], s["accuracy"], color=colors[method], alpha=0.35, lw=0.9, marker=".", ms=4)
+            mean = d.groupby("round")["accuracy"].mean()
+            ax.plot(mean.index, mean.values, color=colors[method], lw=2.2, marker="o", ms=5)
+            ax.set_title(f"{method}\n{task}, {d['seed'].nunique()} seed(s)", fontsize=8)
+            ax.set_xticks(sorted(per_round["round"].unique()))
+            ax.grid(axis="y", alpha=0.3)
+        axes[row][0].set_ylim(bottom=0)  # once the whole row is drawn: the shared top then fits every panel
+        axes[row][0].set_ylabel("test accuracy (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("round")
+    fig.suptitle("Test accuracy by round over seeds (thin: each seed; bold: their mean)", fontsize=10)
+    if caption:
+        add_caption(fig, caption)
+    return _show_or_save(fig, path, rect=(0, 0.05 if caption else 0, 1, 1))
+
+
 def plot_losses(run_dir: str | Path, path: str | Path | None = None, losses: pd.DataFrame | None = None,
                 caption: str = ""):
     """Small multiples: one column per method, MLE loss on top and the triplet loss below (only for

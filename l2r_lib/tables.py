@@ -163,9 +163,35 @@ def seed_table(run_dirs: list[Path]) -> pd.DataFrame:
     return table.sort_values(["task", "method"], key=lambda c: c.map(order) if c.name == "method" else c).round(1)
 
 
-def write_seed_tables(runs: list[Path]) -> list[Path]:
-    """``<parent>/tables/seeds.md|csv`` for every parent folder that holds runs of one config under several seeds."""
+def seed_rounds(run_dirs: list[Path]) -> pd.DataFrame:
+    """Each seed's test accuracy (%) per method, task and round: one row each."""
     import yaml
+
+    frames = []
+    for run_dir in run_dirs:
+        seed = yaml.safe_load((run_dir / "config.yaml").read_text()).get("seed")
+        m = collect_metrics(run_dir)
+        frames.append(pd.DataFrame({"method": m["method"], "task": m["task"], "round": m["round"].astype(int),
+                                    "seed": seed, "accuracy": 100 * m["accuracy"].astype(float)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def seed_round_table(per_round: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread (sample std, min, max) over seeds of each method's test accuracy (%) in each round."""
+    table = (per_round.groupby(["method", "task", "round"])["accuracy"]
+             .agg(seeds="count", mean="mean", std="std", min="min", max="max").reset_index())
+    order = {m: i for i, m in enumerate(METHODS)}
+    return table.sort_values(["task", "method", "round"],
+                             key=lambda c: c.map(order) if c.name == "method" else c).round(1)
+
+
+def write_seed_tables(runs: list[Path]) -> list[Path]:
+    """``<parent>/tables/seeds.md|csv`` (the last round), ``seeds_by_round.md|csv`` and
+    ``figures/seeds.png`` for every parent folder that holds runs of one config under several seeds;
+    returns each parent's ``seeds.md``."""
+    import yaml
+
+    from .figures import plot_seeds
 
     groups: dict[Path, list[Path]] = {}
     for run_dir in runs:
@@ -180,10 +206,19 @@ def write_seed_tables(runs: list[Path]) -> list[Path]:
             continue
         (parent / "tables").mkdir(exist_ok=True)
         table.to_csv(parent / "tables" / "seeds.csv", index=False)
-        caption = (f"Runs of `{names.pop()}` with seeds {sorted(yaml.safe_load((r / 'config.yaml').read_text())['seed'] for r in group)}: "
+        name, seeds = names.pop(), sorted(yaml.safe_load((r / "config.yaml").read_text())["seed"] for r in group)
+        caption = (f"Runs of `{name}` with seeds {seeds}: "
                    "test accuracy (%) after the last round, mean and spread over seeds, and each seed's bootstrap "
                    "95% interval over test questions.")
         (parent / "tables" / "seeds.md").write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+        per_round = seed_rounds(group)
+        by_round = seed_round_table(per_round)
+        by_round.to_csv(parent / "tables" / "seeds_by_round.csv", index=False)
+        (parent / "tables" / "seeds_by_round.md").write_text(
+            f"Test accuracy (%) after each round of `{name}`: mean and spread over the seeds that have the round.\n\n"
+            f"{by_round.to_markdown(index=False)}\n")
+        (parent / "figures").mkdir(exist_ok=True)
+        plot_seeds(per_round, parent / "figures" / "seeds.png", caption=f"`{name}`, seeds {seeds}.")
         written.append(parent / "tables" / "seeds.md")
     return written
 

@@ -34,6 +34,9 @@ def test_seed_table_reports_mean_spread_and_each_seeds_interval(tmp_path):
     lo, hi = map(float, cells[1].split("[")[1].rstrip("]").split(", "))
     assert lo < 40 < hi
     assert "seeds [0, 1, 2]" in written.read_text()
+    by_round = pd.read_csv(tmp_path / "tables" / "seeds_by_round.csv").iloc[0]
+    assert (by_round["round"], by_round["seeds"], by_round["mean"], by_round["min"], by_round["max"]) == (2, 3, 40, 30, 50)
+    assert (tmp_path / "figures" / "seeds.png").stat().st_size > 0
     assert write_seed_tables(runs[:1]) == []  # one seed: no table over seeds
 
 
@@ -75,6 +78,9 @@ def test_a_method_halfway_through_its_rounds_is_left_out_of_the_last_round_table
     seeds = pd.read_csv(tmp_path / "tables" / "seeds.csv").set_index("method")
     assert seeds.loc["no-reflection", "seeds"] == 1 and seeds.loc["no-reflection", "mean"] == 15.0  # seed 1 only
     assert seeds.loc["tailored", "seeds"] == 2 and seeds.loc["tailored", "mean"] == 30.0
+    by_round = pd.read_csv(tmp_path / "tables" / "seeds_by_round.csv").set_index(["method", "round"])
+    assert by_round.loc[("no-reflection", 2), "seeds"] == 2 and by_round.loc[("no-reflection", 3), "seeds"] == 1
+    assert [by_round.loc[("tailored", k), "mean"] for k in (1, 2, 3)] == [10, 20, 30]
 
 
 def test_last_round_tables_are_empty_not_broken_while_no_method_has_finished(tmp_path):

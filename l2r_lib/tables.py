@@ -135,15 +135,13 @@ def round_intervals(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_table(run_dirs: list[Path]) -> pd.DataFrame:
-    """One study run once per seed: per method and task, the last round's test accuracy (%) of each
-    seed with its bootstrap 95% interval, and their mean and spread (sample std, min, max) over seeds."""
-    import yaml
-
+def seed_table(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """One study run once per seed (``{seed: collect_metrics(run)}``): per method and task, the last round's
+    test accuracy (%) of each seed with its bootstrap 95% interval, and their mean and spread (sample std,
+    min, max) over seeds."""
     rows = []
-    for run_dir in run_dirs:
-        seed = yaml.safe_load((run_dir / "config.yaml").read_text()).get("seed")
-        for (method, task), c in _final_correct(collect_metrics(run_dir)).items():
+    for seed, metrics in by_seed.items():
+        for (method, task), c in _final_correct(metrics).items():
             lo, hi = bootstrap_interval(c)
             rows.append({"method": method, "task": task, "seed": seed, "accuracy": 100 * float(np.mean(c)),
                          "ci95_low": 100 * lo, "ci95_high": 100 * hi})
@@ -163,14 +161,10 @@ def seed_table(run_dirs: list[Path]) -> pd.DataFrame:
     return table.sort_values(["task", "method"], key=lambda c: c.map(order) if c.name == "method" else c).round(1)
 
 
-def seed_rounds(run_dirs: list[Path]) -> pd.DataFrame:
-    """Each seed's test accuracy (%) per method, task and round: one row each."""
-    import yaml
-
+def seed_rounds(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Each seed's test accuracy (%) per method, task and round (``{seed: collect_metrics(run)}``): one row each."""
     frames = []
-    for run_dir in run_dirs:
-        seed = yaml.safe_load((run_dir / "config.yaml").read_text()).get("seed")
-        m = collect_metrics(run_dir)
+    for seed, m in by_seed.items():
         frames.append(pd.DataFrame({"method": m["method"], "task": m["task"], "round": m["round"].astype(int),
                                     "seed": seed, "accuracy": 100 * m["accuracy"].astype(float)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -198,20 +192,22 @@ def write_seed_tables(runs: list[Path]) -> list[Path]:
         groups.setdefault(run_dir.parent, []).append(run_dir)
     written = []
     for parent, group in groups.items():
-        names = {yaml.safe_load((r / "config.yaml").read_text()).get("name") for r in group}
+        configs = [yaml.safe_load((r / "config.yaml").read_text()) for r in group]
+        names = {c.get("name") for c in configs}
         if len(group) < 2 or len(names) != 1:
             continue
-        table = seed_table(group)
+        by_seed = {c["seed"]: collect_metrics(r) for c, r in zip(configs, group)}
+        table = seed_table(by_seed)
         if table.empty:
             continue
         (parent / "tables").mkdir(exist_ok=True)
         table.to_csv(parent / "tables" / "seeds.csv", index=False)
-        name, seeds = names.pop(), sorted(yaml.safe_load((r / "config.yaml").read_text())["seed"] for r in group)
+        name, seeds = names.pop(), sorted(by_seed)
         caption = (f"Runs of `{name}` with seeds {seeds}: "
                    "test accuracy (%) after the last round, mean and spread over seeds, and each seed's bootstrap "
                    "95% interval over test questions.")
         (parent / "tables" / "seeds.md").write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
-        per_round = seed_rounds(group)
+        per_round = seed_rounds(by_seed)
         by_round = seed_round_table(per_round)
         by_round.to_csv(parent / "tables" / "seeds_by_round.csv", index=False)
         (parent / "tables" / "seeds_by_round.md").write_text(

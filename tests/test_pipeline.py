@@ -194,22 +194,55 @@ def test_rerun_of_a_finished_run_redoes_nothing(tiny_run):
 
 
 def test_a_clone_without_adapters_retrains_them_and_goes_on(tiny_run, tmp_path):
-    """Adapters are not committed: a fresh clone of a half-done run trains the missing ones again."""
+    """Adapters are not committed: a fresh clone of a half-done run trains the missing ones again, a
+    shared round 1 once for all who share it."""
     from safetensors.torch import load_file
 
     clone = tmp_path / "run"
     shutil.copytree(tiny_run["dir"], clone, ignore=shutil.ignore_patterns("adapter", "checkpoints"))
     shutil.rmtree(clone / "tailored" / "synthetic" / "round-2")
+    shutil.rmtree(clone / "no-feedback" / "synthetic" / "round-2")  # its round 1 is tailored's
+    round1 = clone / "tailored" / "synthetic" / "round-1"
+    record = {p.name: p.read_bytes() for p in round1.glob("*") if p.is_file()}
     cmd = tiny_run["cmd"][:-1] + [str(clone)]
     res = subprocess.run(cmd, env=tiny_run["env"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "[l2r] tailored / synthetic / round 1: adapter missing, training it again" in res.stdout
+    assert "[l2r] tailored / synthetic / round 1: the retrained adapter reproduces the recorded loss curve" in res.stdout
+    assert {p.name: p.read_bytes() for p in round1.glob("*") if p.is_file()} == record  # the round's record unchanged
     assert "[l2r] tailored / synthetic / round 2: 03_round_training" in res.stdout
     assert "round 1: 0" not in res.stdout  # no round-1 notebook ran again
+    assert res.stdout.count("round 1: adapter missing, training it again") == 1
+    assert "[l2r] no-feedback / synthetic / round 1: adapter copied from tailored's" in res.stdout
+    assert "[l2r] no-feedback / synthetic / round 2: 03_round_training" in res.stdout
     weights = "tailored/synthetic/round-1/adapter/adapter_model.safetensors"
     before, after = load_file(tiny_run["dir"] / weights), load_file(clone / weights)
     assert before.keys() == after.keys()
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+
+
+def test_a_retrained_adapter_that_parts_from_its_recording_is_flagged(tiny_run, tmp_path, monkeypatch, capsys):
+    """The retrained curve differs (another machine, another library version): the recorded one stays the
+    round's record, the retrained one is kept beside it, and the run says so."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"] / "tailored" / "synthetic" / "round-1", run / "tailored" / "synthetic" / "round-1",
+                    ignore=shutil.ignore_patterns("adapter", "checkpoints"))
+    rnd = pipeline.Round(runner.load_config(tiny_run["dir"] / "config.yaml"), run, "tailored", "synthetic", 1)
+    record = {p.name: p.read_bytes() for p in rnd.dir.glob("*") if p.is_file()}
+    recorded = pd.read_csv(rnd.dir / "losses.csv")
+
+    def retrain(r):  # what a drifting retrain leaves: an adapter, its own curve and config, its marker
+        (r.dir / "adapter").mkdir()
+        recorded.assign(total=recorded["total"] + 0.01).to_csv(r.dir / "losses.csv", index=False)
+        (r.dir / "train_config.yaml").write_text("rows: 0\n")
+        (r.dir / "03_round_training.done.json").write_text("{}")
+
+    monkeypatch.setattr(runner, "round_training", retrain)
+    runner.restore_adapter(rnd)
+    assert "does not reproduce the recorded loss curve" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in rnd.dir.glob("*") if p.is_file() and p.name != "losses.restored.csv"} == record
+    restored = pd.read_csv(rnd.dir / "losses.restored.csv")
+    assert restored["total"].sub(recorded["total"]).round(6).eq(0.01).all()
 
 
 def test_the_api_key_is_written_nowhere(tiny_run):

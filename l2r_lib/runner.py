@@ -11,10 +11,8 @@ manifest written beside the config traces every number back to its code, data an
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import platform
 import shutil
@@ -66,6 +64,12 @@ def share_round1(rnd: Round, donor: str) -> None:
     tmp.rename(rnd.dir)
 
 
+def shared_from(rnd: Round) -> str | None:
+    """The donor a shared round's ``metrics.json`` names (``share_round1``), else None."""
+    metrics = rnd.dir / "metrics.json"
+    return json.loads(metrics.read_text()).get("shared_from") if metrics.is_file() else None
+
+
 def exam_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
     """An earlier method of the run whose round-2 train exam is ``method``'s: the exam reads only
     round 1's adapter, the train questions and the seed, so two methods that share round 1 take
@@ -74,8 +78,7 @@ def exam_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | N
         return None
 
     def origin(m: str) -> str:  # the method whose round 1 actually ran
-        metrics = Round(cfg, run_dir, m, task, 1).dir / "metrics.json"
-        return (json.loads(metrics.read_text()).get("shared_from") or m) if metrics.is_file() else m
+        return shared_from(Round(cfg, run_dir, m, task, 1)) or m
 
     for other in cfg.methods[: cfg.methods.index(method)]:
         if origin(other) == origin(method) and Round(cfg, run_dir, other, task, 2).is_done("01_mistake_analysis"):
@@ -158,18 +161,18 @@ def restore_adapter(rnd: Round) -> None:
     only saved files (teacher records, exam) with the run's seed: no teacher call, same adapter.
     The round's record (marker, losses, configs) stays the original one; the retrained loss curve
     is checked against it, and kept beside it as ``losses.restored.csv`` where they part."""
+    from .training import read_losses
+
     marker = rnd.dir / "03_round_training.done.json"
     if (rnd.dir / "adapter").is_dir() or not marker.is_file():
         return
-    metrics = rnd.dir / "metrics.json"
-    if rnd.round_idx == 1 and metrics.is_file() and (donor := json.loads(metrics.read_text()).get("shared_from")):
+    if rnd.round_idx == 1 and (donor := shared_from(rnd)):
         # a shared round 1 is its donor's computation: train it once, there, and copy it to every sharer
         src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, 1)
         restore_adapter(src)
         if (src.dir / "adapter").is_dir():
-            for stale in rnd.dir.glob("adapter.sharing-*"):  # copies that died half-way
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = rnd.dir / f"adapter.sharing-{uuid.uuid4().hex[:8]}"
+            tmp = rnd.dir / "adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)  # a copy that died half-way
             shutil.copytree(src.dir / "adapter", tmp)
             tmp.rename(rnd.dir / "adapter")
             print(f"[l2r] {rnd.method} / {rnd.task} / round 1: adapter copied from {donor}'s", flush=True)
@@ -177,14 +180,15 @@ def restore_adapter(rnd: Round) -> None:
     if rnd.round_idx > 1:
         restore_adapter(Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, rnd.round_idx - 1))
     print(f"[l2r] {rnd.method} / {rnd.task} / round {rnd.round_idx}: adapter missing, training it again", flush=True)
+    losses = rnd.dir / "losses.csv"
     # the marker last: written back last, it says the round is whole again
-    record = {p.name: p.read_bytes() for p in (rnd.dir / "losses.csv", rnd.dir / "result.yaml",
-                                                rnd.dir / "train_config.yaml", marker) if p.is_file()}
+    record = {p.name: p.read_bytes() for p in (losses, rnd.dir / "result.yaml", rnd.dir / "train_config.yaml", marker)
+              if p.is_file()}
+    recorded = [row["total"] for row in read_losses(losses)] if losses.is_file() else None
     marker.unlink()
     round_training(rnd)
-    losses = rnd.dir / "losses.csv"
-    if "losses.csv" in record:
-        recorded, retrained = _totals(record["losses.csv"].decode()), _totals(losses.read_text())
+    if recorded is not None:
+        retrained = [row["total"] for row in read_losses(losses)]
         gap = (max(abs(a - b) for a, b in zip(recorded, retrained))
                if len(recorded) == len(retrained) and recorded else float("inf"))
         if gap > RESTORE_TOLERANCE:
@@ -201,10 +205,6 @@ def restore_adapter(rnd: Round) -> None:
 
 # the loss a retrained adapter may differ by from its recording (CPU runs agree to ~1e-9)
 RESTORE_TOLERANCE = 1e-4
-
-
-def _totals(losses_csv: str) -> list[float]:
-    return [float(row["total"]) for row in csv.DictReader(io.StringIO(losses_csv))]
 
 
 def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bool = True,

@@ -179,6 +179,11 @@ def seed_round_table(per_round: pd.DataFrame) -> pd.DataFrame:
                              key=lambda c: c.map(order) if c.name == "method" else c).round(1)
 
 
+def _markdown(table: pd.DataFrame, index: bool = False) -> str:
+    """The table as Markdown with a missing cell (no such round, no spread over one seed) as "–", not "nan"."""
+    return table.astype(object).where(table.notna(), None).to_markdown(index=index, missingval="–")
+
+
 def write_seed_tables(runs: list[Path]) -> list[Path]:
     """``<parent>/tables/seeds.md|csv`` (the last round), ``seeds_by_round.md|csv`` and
     ``figures/seeds.png`` for every parent folder that holds runs of one config under several seeds;
@@ -206,13 +211,13 @@ def write_seed_tables(runs: list[Path]) -> list[Path]:
         caption = (f"Runs of `{name}` with seeds {seeds}: "
                    "test accuracy (%) after the last round, mean and spread over seeds, and each seed's bootstrap "
                    "95% interval over test questions.")
-        (parent / "tables" / "seeds.md").write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+        (parent / "tables" / "seeds.md").write_text(f"{caption}\n\n{_markdown(table)}\n")  # one seed: std "–"
         per_round = seed_rounds(by_seed)
         by_round = seed_round_table(per_round)
         by_round.to_csv(parent / "tables" / "seeds_by_round.csv", index=False)
         (parent / "tables" / "seeds_by_round.md").write_text(
             f"Test accuracy (%) after each round of `{name}`: mean and spread over the seeds that have the round.\n\n"
-            f"{by_round.to_markdown(index=False)}\n")
+            f"{_markdown(by_round)}\n")
         (parent / "figures").mkdir(exist_ok=True)
         plot_seeds(per_round, parent / "figures" / "seeds.png", caption=f"`{name}`, seeds {seeds}.")
         written.append(parent / "tables" / "seeds.md")
@@ -286,8 +291,7 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
         csv, md = run_dir / "tables" / f"{name}.csv", run_dir / "tables" / f"{name}.md"
         index = name in ("accuracy", "paper")
         table.to_csv(csv, index=index)
-        shown = table.astype(object).where(table.notna(), None)  # NaN (no such round) prints as "–"
-        md.write_text(f"{caption} {who}\n\n{shown.to_markdown(index=index, missingval='–')}\n")
+        md.write_text(f"{caption} {who}\n\n{_markdown(table, index=index)}\n")
         written[name] = md
     written["accuracy_by_round_png"] = plot_accuracy_by_round(metrics, run_dir / "figures" / "accuracy_by_round.png", who)
     losses = plot_losses(run_dir, run_dir / "figures" / "losses.png", caption=who)

@@ -81,6 +81,13 @@ def test_a_method_halfway_through_its_rounds_is_left_out_of_the_last_round_table
     by_round = pd.read_csv(tmp_path / "tables" / "seeds_by_round.csv").set_index(["method", "round"])
     assert by_round.loc[("no-reflection", 2), "seeds"] == 2 and by_round.loc[("no-reflection", 3), "seeds"] == 1
     assert [by_round.loc[("tailored", k), "mean"] for k in (1, 2, 3)] == [10, 20, 30]
+    # no-reflection has one seed in the last round: its spread shows as missing, not as "nan"
+    for md, key in (("seeds.md", ["no-reflection", "multiarith"]), ("seeds_by_round.md", ["no-reflection", "multiarith", "3"])):
+        text = (tmp_path / "tables" / md).read_text()
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+        header = rows[0]
+        (row,) = [r for r in rows if r[:len(key)] == key]
+        assert row[header.index("std")] == "–" and "nan" not in text
 
 
 def test_last_round_tables_are_empty_not_broken_while_no_method_has_finished(tmp_path):

@@ -82,7 +82,8 @@ def test_a_method_halfway_through_its_rounds_is_left_out_of_the_last_round_table
     assert by_round.loc[("no-reflection", 2), "seeds"] == 2 and by_round.loc[("no-reflection", 3), "seeds"] == 1
     assert [by_round.loc[("tailored", k), "mean"] for k in (1, 2, 3)] == [10, 20, 30]
     # no-reflection has one seed in the last round: its spread shows as missing, not as "nan"
-    for md, key in (("seeds.md", ["no-reflection", "multiarith"]), ("seeds_by_round.md", ["no-reflection", "multiarith", "3"])):
+    for md, key in (("seeds.md", ["no-reflection", "multiarith"]),
+                    ("seeds_by_round.md", ["no-reflection", "multiarith", "3"])):
         text = (tmp_path / "tables" / md).read_text()
         rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
         header = rows[0]

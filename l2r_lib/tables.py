@@ -152,7 +152,7 @@ def seed_table(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
     for (method, task), g in per_seed.groupby(["method", "task"], sort=False):
         g = g.sort_values("seed")
         out.append({"method": method, "task": task, "seeds": len(g), "mean": g["accuracy"].mean(),
-                    "std": g["accuracy"].std(ddof=1) if len(g) > 1 else float("nan"),
+                    "std": g["accuracy"].std(),  # sample std: NaN for one seed
                     "min": g["accuracy"].min(), "max": g["accuracy"].max(),
                     "per seed [95% interval]": "; ".join(f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for a, lo, hi in
                                                         zip(g["accuracy"], g["ci95_low"], g["ci95_high"]))})

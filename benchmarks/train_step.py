@@ -10,9 +10,11 @@ default and the official code) and through the anchor only (a departure). Steps 
 kinds alternate, so load on the machine hits them alike; the untimed warm-up step of each kind
 counts its FLOPs (``torch.utils.flop_counter``), a figure that load on a shared machine cannot
 move. The last line is ``ratio all/MLE: X.XX``, (MLE + reflection with ``all``) / MLE seconds per
-step, the worst device.
+step, the worst device. On a CPU that computes bf16 natively (``l2r_lib.cpu.native_bf16``;
+``--bf16``/``--no-bf16`` to choose) the CPU is timed again with the student in bf16, and the
+warm-up step's losses are printed beside fp32's.
 
-    python benchmarks/train_step.py [--steps 3] [--threads N]
+    python benchmarks/train_step.py [--steps 3] [--threads N] [--bf16]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from l2r_lib import paths
+from l2r_lib import cpu, paths
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import ExamRecord, TeacherRecord
 from l2r_lib.tasks import load_examples
@@ -62,13 +64,14 @@ MODES = {  # label: (use_reflection, reflection_grad)
 }
 
 
-def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """(seconds of each timed step, FLOPs of the warm-up step) per mode."""
+def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> tuple[dict[str, list[float]], dict[str, int], dict[str, float]]:
+    """(seconds of each timed step, FLOPs and loss of the warm-up step) per mode."""
     model, cfg = trainer.model, trainer.train_cfg
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     sync = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     flops: dict[str, int] = {}
+    losses: dict[str, float] = {}
     for i in range(steps + 1):  # the first round warms up
         for mode, (reflect, grad) in MODES.items():
             trainer.use_reflection = reflect
@@ -85,26 +88,28 @@ def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> tuple[dic
             if i > 0:
                 times[mode].append(time.perf_counter() - start)
             else:
-                flops[mode] = counter.get_total_flops()
-    return times, flops
+                flops[mode], losses[mode] = counter.get_total_flops(), loss.item()
+    return times, flops, losses
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each kind (after one warm-up each)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: l2r's, l2r_lib.cpu)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the CPU in bf16 (default: where the CPU computes bf16 natively)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cpu.configure(args.threads)
     data_dir = paths.data_dir()
     if data_dir is None:
         raise SystemExit("set $L2R_DATA_DIR to the local data (../shared/data): the benchmark reads recorded rationales")
     teacher, exams = recorded_batch(data_dir)
-    devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
-    ratios = []
-    for device in devices:
+    runs = [("cuda", "auto")] if torch.cuda.is_available() else []
+    runs += [("cpu", "float32")] + ([("cpu", "bfloat16")] if (cpu.native_bf16() if args.bf16 is None else args.bf16) else [])
+    ratios, seen = [], {}
+    for device, student_dtype in runs:
         cfg = TrainConfig(batch_size=BATCH)
-        student = StudentConfig(name="smollm2-135m", chat=True, dtype="auto" if device == "cuda" else "float32")
+        student = StudentConfig(name="smollm2-135m", chat=True, dtype=student_dtype)
         model, tokenizer = build_student(student, cfg)
         model.to(device).train()
         features = build_features(teacher, exams, tokenizer, cfg, student, round_idx=1)
@@ -118,21 +123,28 @@ def main() -> None:
                 data_collator=ReflectionCollator(tokenizer.pad_token_id), train_cfg=cfg, use_reflection=True,
                 batch_sampler=QuestionBatchSampler([f["question_id"] for f in features], BATCH),
             )
-            times, flops = time_steps(trainer, batch, args.steps)
+            times, flops, losses = time_steps(trainer, batch, args.steps)
         tokens = int(batch["attention_mask"].sum())
         view_tokens = int(batch["cont_attention_mask"].sum())
         prompt_tokens = int(batch["prompt_attention_mask"].sum())
-        print(f"[{device}] {tokenizer.name_or_path.split('/')[-1]} LoRA r={cfg.lora_r} {dtype}, threads={torch.get_num_threads()}, "
+        label = f"{device} bf16" if student_dtype == "bfloat16" else device
+        print(f"[{label}] {tokenizer.name_or_path.split('/')[-1]} LoRA r={cfg.lora_r} {dtype}, threads={torch.get_num_threads()}, "
               f"batch {len(features)} x (prompt {prompt_tokens / len(features):.0f} + target {(tokens - prompt_tokens) / len(features):.0f} tokens), "
               f"positive + negative {view_tokens} tokens")
         per_step = {mode: statistics.median(t) for mode, t in times.items()}
         for mode, s in per_step.items():
-            print(f"[{device}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  {flops[mode] / 1e9:6.0f} GFLOP "
+            print(f"[{label}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  {flops[mode] / 1e9:6.0f} GFLOP "
                   f"({flops[mode] / flops['MLE only']:.2f}x MLE)  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
         by_grad = {grad: per_step[f"MLE + refl. (grad {grad})"] / per_step["MLE only"] for grad in ("anchor", "all")}
         for grad, r in by_grad.items():
-            print(f"[{device}] ratio, reflection_grad={grad}{' (default)' if grad == cfg.reflection_grad else ''}: {r:.2f}")
+            print(f"[{label}] ratio, reflection_grad={grad}{' (default)' if grad == cfg.reflection_grad else ''}: {r:.2f}")
         ratios.append(by_grad["all"])
+        seen[(device, student_dtype)] = losses, per_step
+        if (device, student_dtype) == ("cpu", "bfloat16"):
+            (fp32, fp32_step), reflect = seen[("cpu", "float32")], "MLE + refl. (grad all)"
+            print("[cpu bf16] warm-up losses (minus fp32's): " + ", ".join(
+                f"{mode} {losses[mode]:.4f} ({losses[mode] - fp32[mode]:+.4f})" for mode in MODES)
+                + f"; {reflect} s/step {per_step[reflect] / fp32_step[reflect]:.2f}x fp32's")
     print(f"ratio all/MLE: {max(ratios):.2f}")
 
 

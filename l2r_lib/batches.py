@@ -3,7 +3,8 @@
 ``build_features`` tokenizes each row as ``[prompt | target]`` (target = rationale + answer line +
 eos) with the self-reflection views of the official code: positives are the other teacher
 rationales of the question in the same round, negatives every distinct wrong exam sample of the
-question, both as continuations of the anchor's prompt. ``QuestionBatchSampler`` makes batches of
+question ending with the gold answer line (``train.negative_answer``), both as continuations of the
+anchor's prompt. ``QuestionBatchSampler`` makes batches of
 distinct questions, and ``ReflectionCollator`` pads a batch into ``[left-padded prompt (P) |
 right-padded target (T)]``.
 """
@@ -63,7 +64,7 @@ def build_features(
         target = format_target(r.rationale, r.answer)
         if target not in texts and len(texts) < MAX_POSITIVES:
             texts.append(target)
-    wrong = {e.id: _wrong_targets(e) for e in exam_records or []}
+    wrong = {e.id: wrong_targets(e, cfg.negative_answer) for e in exam_records or []}
     eos = tokenizer.eos_token_id
 
     def ids(text: str) -> list[int]:
@@ -90,8 +91,13 @@ def build_features(
     return features
 
 
-def _wrong_targets(exam: ExamRecord) -> list[str]:
-    """The student's distinct wrong rationales, each with its (wrong) answer line when it has one."""
+def wrong_targets(exam: ExamRecord, answer_line: str = "gold") -> list[str]:
+    """The student's distinct wrong rationales as negatives. ``answer_line="gold"`` (the official
+    code): each ends with the gold answer line, as the anchor and the positive do, so the views differ
+    in their reasoning alone; ``"own"`` (departure): with the student's own wrong answer, when it
+    gave one."""
+    if answer_line == "gold":
+        return [format_target(rationale, exam.gold) for rationale in exam.wrong_rationales(MAX_NEGATIVES)]
     answer_of = {}
     for rationale, answer, ok in zip(exam.rationales, exam.answers, exam.correct):
         if not ok:

@@ -45,23 +45,34 @@ def cmd_tasks(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def reachable_task(task: str, data_dir: str | None) -> str:
-    """``task`` if its data can be read, else the synthetic task, said loudly."""
+def unreachable(task: str, data_dir: str | None) -> str | None:
+    """Why ``task``'s data cannot be read (what was tried and the fix), or None when it can."""
     try:
         load_examples(task, "test", data_dir)
-        return task
+        return None
     except (FileNotFoundError, RuntimeError) as e:
-        bar = "!" * 78
-        print(f"{bar}\n! {task} data is not reachable ({e}).\n! Using the built-in "
-              f"'{FALLBACK_TASK}' task instead. Set ${paths.DATA_DIR_ENV} to use {task}.\n{bar}", file=sys.stderr)
-        return FALLBACK_TASK
+        fix = ("check the path in tasks: jsonl:PATH" if task.startswith("jsonl:") else
+               f"set ${paths.DATA_DIR_ENV} or --data-dir to a folder holding {task}'s data (the layout of ../shared/data)")
+        return f"task {task!r}: its data is not reachable ({e}); {fix}"
+
+
+def reachable_task(task: str, data_dir: str | None) -> str:
+    """``task`` if its data can be read, else the synthetic task, said loudly (``--fallback`` only)."""
+    why = unreachable(task, data_dir)
+    if why is None:
+        return task
+    bar = "!" * 78
+    print(f"{bar}\n! {why}.\n! --fallback: using the built-in '{FALLBACK_TASK}' task instead.\n{bar}", file=sys.stderr)
+    return FALLBACK_TASK
 
 
 def cmd_exam(args: argparse.Namespace) -> None:
     from .config import ExamConfig
     from .exam import run_exam, save_exam
     from .student import load_student
+    from .cpu import configure
 
+    configure(args.threads)
     task = reachable_task(args.task, args.data_dir) if args.fallback else args.task
     examples = nonempty(load_examples(task, args.split, args.data_dir)[: args.limit], task, args.split, "--limit")
     cfg = ExamConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -94,9 +105,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         os.environ[paths.DATA_DIR_ENV] = str(paths.data_dir(args.data_dir))
     paths.data_dir(cfg.data_dir)  # a data directory that is named must exist
     _check_student(cfg.student.name)
-    unreachable = [t for t in cfg.tasks if reachable_task(t, cfg.data_dir) != t]
-    if unreachable:
-        params = _with_fallback_task(params, cfg, unreachable, args.out)
+    # missing data stops the run before any stage (a paid teacher included); only --fallback (the
+    # embedded default of `make reproduce`) swaps in the synthetic task
+    missing = [t for t in cfg.tasks if unreachable(t, cfg.data_dir)]
+    if missing and not args.fallback:
+        raise FileNotFoundError(unreachable(missing[0], cfg.data_dir) + "; nothing was run")
+    if missing:
+        params = _with_fallback_task(params, cfg, [t for t in missing if reachable_task(t, cfg.data_dir) != t], args.out)
         cfg = load_config(params, overrides)
     for task in cfg.tasks:  # an empty split would "succeed" with 0 of 0 right
         nonempty(load_examples(task, "train", cfg.data_dir)[: cfg.train_limit], task, "train", "train_limit")
@@ -216,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--demos", type=int, default=0, help="worked demos before each question")
     e.add_argument("--plain", action="store_true", help="plain Question/Reasoning/Answer text, no chat template")
     e.add_argument("--load-in-4bit", action="store_true", help="NF4 weights (QLoRA's student)")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the cores this process may use)")
     e.add_argument("--adapter", type=Path, default=None, help="a trained round's LoRA adapter on --student "
                    "(results/<run>/<method>/<task>/round-<k>/adapter); default: the untrained student")
     e.add_argument("--fallback", action="store_true", help="use the synthetic task when the data is unreachable")
@@ -228,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="run directory (default: results/<name>)")
     r.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="override one setting of the params, checked like the YAML (repeatable), e.g. train.reflection_weight=0.1")
+    r.add_argument("--fallback", action="store_true",
+                   help="run a task whose data is unreachable on the built-in synthetic task instead (make reproduce's default)")
     r.set_defaults(func=cmd_run)
 
     nb = command("notebooks", "copy the four notebooks into a folder (for JupyterLab)")

@@ -33,6 +33,12 @@ class StudentConfig:
     # worked demos before the question, in exam and training alike (l2r's own, prompts.DEMOS); the official
     # code uses 3 (GSM8K, SVAMP, MultiArith), 4 (StrategyQA), 5 (CSQA)
     num_demos: int = 0
+    # torch CPU threads; None: the cores this process may use (affinity, cgroup quota). Set fewer to
+    # leave cores to other work on purpose (l2r_lib/cpu.py)
+    threads: int | None = None
+    # transformers' Hub kernels (the `kernels` package fetches them from the Hub at load time): off, so
+    # loading a local student never needs the network; on is opt-in where the Hub is reachable
+    use_kernels: bool = False
 
     def __post_init__(self):
         _validate(self, "student")
@@ -41,6 +47,9 @@ class StudentConfig:
 @dataclass
 class ExamConfig:
     max_new_tokens: int = 160  # rationale + answer line
+    # the greedy test exam's cap (None: max_new_tokens); the official utils.py: MultiArith and SVAMP 192,
+    # GSM8K 256, CommonsenseQA 96, StrategyQA 128
+    test_max_new_tokens: int | None = None
     batch_size: int = 32  # larger batches are faster on a CPU too (64 questions: batch 64 is 1.4x batch 16)
     num_samples: int = 1  # >1: sample k answers per question (the paper: 4 on the train set, every wrong one kept)
     temperature: float = 0.7  # used only when num_samples > 1 (the official code: 1.0)
@@ -114,8 +123,16 @@ class TrainConfig:
     batch_size: int = 8  # distinct questions per batch, across all processes (each takes batch_size / processes)
     grad_accum: int = 1
     lr: float = 3e-4
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03  # of the round's steps (departure for LoRA rounds of a few dozen steps)
+    warmup_steps: int | None = None  # a fixed number of warm-up steps instead (the official code: 100)
+    # linear: warm-up, then linear decay to 0 (departure for short LoRA rounds) | constant: warm-up, then
+    # constant (the official code: DeepSpeed's WarmupLR)
+    lr_schedule: str = "linear"
+    weight_decay: float = 0.0  # the official full fine-tuning: 0.01
+    # mixed precision on a GPU: auto (the student's dtype; for a 4-bit student its compute dtype, as
+    # QLoRA recipes train) | fp16 | bf16 | fp32; fp32 weights with fp16 autocast is what the official
+    # DeepSpeed fp16 training does (fp32 master weights)
+    precision: str = "auto"
     max_length: int = 384  # tokens of prompt + rationale
     prompt_weight: float = 0.1  # MLE weight of prompt tokens (the official code's w)
     reflection_weight: float = 0.5  # lambda of the triplet term
@@ -126,6 +143,10 @@ class TrainConfig:
     # all: gradient through anchor, positive and negative (the official code) | anchor: positive and
     # negative forward-only (departure: the model can lower the loss by moving all states together)
     reflection_grad: str = "all"
+    # the answer line a negative (the student's wrong rationale) ends with, before its eos: gold (the data
+    # set's answer, as the anchor and positive end: the official code) | own (departure: the student's own
+    # wrong answer, which lets the triplet be met by encoding the last answer token)
+    negative_answer: str = "gold"
     mix_previous_rounds: bool = False  # train round k on earlier rounds' teacher data too (positives stay each anchor's own round's)
     lora_r: int = 16
     lora_alpha: int = 32
@@ -215,10 +236,10 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "share_round1": ANY, "data_dir": NON_EMPTY, "seed": at_least(0), "train_limit": at_least(0),
     "test_limit": at_least(0),
     "student.name": NON_EMPTY, "student.load_in_4bit": ANY, "student.dtype": one_of(*DTYPES), "student.chat": ANY,
-    "student.num_demos": at_least(0),
+    "student.num_demos": at_least(0), "student.threads": above(0), "student.use_kernels": ANY,
     "exam.max_new_tokens": above(0), "exam.batch_size": above(0), "exam.num_samples": at_least(1),
     "exam.temperature": at_least(0), "exam.limit": at_least(0), "exam.chunk_tokens": above(0),
-    "exam.top_k": at_least(1), "exam.engine": one_of("hf", "vllm"),
+    "exam.top_k": at_least(1), "exam.engine": one_of("hf", "vllm"), "exam.test_max_new_tokens": above(0),
     "teacher.kind": one_of(*TEACHER_KINDS), "teacher.feedback_kind": one_of(*TEACHER_KINDS),
     "teacher.model": NON_EMPTY, "teacher.base_url": URL, "teacher.max_concurrency": above(0),
     "teacher.requests_per_minute": above(0), "teacher.tokens_per_minute": above(0),
@@ -229,7 +250,9 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "teacher.mode": one_of(*PRICE_FACTORS), "teacher.batch_poll_s": above(0), "teacher.batch_window": NON_EMPTY,
     "teacher.batch_retries": at_least(0),
     "train.epochs": above(0), "train.batch_size": above(0), "train.grad_accum": above(0), "train.lr": above(0),
-    "train.warmup_ratio": within(0, 1), "train.weight_decay": at_least(0), "train.max_length": above(0),
+    "train.warmup_ratio": within(0, 1), "train.warmup_steps": at_least(0),
+    "train.lr_schedule": one_of("linear", "constant"), "train.precision": one_of("auto", "fp16", "bf16", "fp32"), "train.negative_answer": one_of("gold", "own"),
+    "train.weight_decay": at_least(0), "train.max_length": above(0),
     "train.prompt_weight": within(0, 1), "train.reflection_weight": at_least(0), "train.margin": at_least(0),
     "train.representation": one_of("eos", "last", "pool"), "train.reflection_grad": one_of("all", "anchor"),
     "train.mix_previous_rounds": ANY, "train.lora_r": above(0), "train.lora_alpha": above(0),

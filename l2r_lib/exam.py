@@ -23,6 +23,7 @@ from .answers import extract_answer, question_options
 from .config import ExamConfig
 from .prompts import ANSWER_PREFIX, build_prompt, demos_for, split_completion
 from .records import ExamRecord, save_jsonl
+from .student import cache_kwarg, output_cache
 from .tasks import Example, get_task
 
 # A finished answer line ("\nAnswer: 12\n"), or the model starting a new question.
@@ -116,7 +117,7 @@ def generate_batch(
     while len(rows) and steps < cfg.max_new_tokens:
         n = min(cfg.chunk_tokens, cfg.max_new_tokens - steps)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=n,
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, **{cache_kwarg(model): cache},
             do_sample=sampling, temperature=cfg.temperature if sampling else None, top_p=None,
             top_k=cfg.top_k if sampling else None,  # None: no top-k filter
             stopping_criteria=StoppingCriteriaList([AnswerLineStop(tokenizer, prompt_len)]),
@@ -134,7 +135,7 @@ def generate_batch(
                 else:
                     tokens[row].append(chunk[stop])  # an EOS (not the pad after an answer line) was generated
         keep = torch.tensor(alive, dtype=torch.long, device=ids.device)
-        cache = out.cache
+        cache = output_cache(out)
         cache.batch_select_indices(keep)
         rows, ids = rows[keep], out.sequences[keep]
         mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]

@@ -123,11 +123,13 @@ class Round:
 
     def student(self, adapter: Path | None):
         from .student import load_student
+        from .cpu import configure
         from .training import load_trained_student
 
         s = self.cfg.student
+        configure(s.threads)
         if adapter is None:
-            return load_student(s.name, load_in_4bit=s.load_in_4bit, dtype=s.dtype)
+            return load_student(s.name, load_in_4bit=s.load_in_4bit, dtype=s.dtype, use_kernels=s.use_kernels)
         return load_trained_student(s, adapter)
 
 
@@ -231,7 +233,7 @@ def teacher_records(rnd: Round) -> list[TeacherRecord]:
 def round_training(rnd: Round, force: bool = False) -> dict:
     """03: train this round from the previous round's adapter (LoRA on a CPU, QLoRA on a GPU; the whole
     model with ``train.peft: none``), under ``accelerate launch`` with ``train.processes > 1``."""
-    from .training import clear_round, train_round
+    from .training import clear_round, distance_summary, train_round
 
     if (done := rnd.cached("03_round_training", force)) is not None:
         return done
@@ -255,7 +257,8 @@ def round_training(rnd: Round, force: bool = False) -> dict:
         records, load_exam(rnd), train_cfg, rnd.cfg.student, rnd.dir, init_adapter=rnd.previous_adapter,
         round_idx=rnd.round_idx, use_reflection=rnd.uses_reflection, seed=rnd.cfg.seed, task=rnd.task,
     )
-    summary = {"steps": result.steps, "records": len(records), "resumed_from_step": result.resumed_from_step}
+    summary = {"steps": result.steps, "records": len(records), "resumed_from_step": result.resumed_from_step,
+               **(distance_summary(result.losses_csv) if rnd.uses_reflection else {})}
     return rnd.mark_done("03_round_training", summary, started)
 
 
@@ -270,7 +273,9 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
     started = time.perf_counter()
     model, tokenizer = rnd.student(rnd.dir / "adapter")
     s = rnd.cfg.student
-    greedy = dataclasses.replace(rnd.cfg.exam, num_samples=1, limit=None)
+    exam = rnd.cfg.exam
+    greedy = dataclasses.replace(exam, num_samples=1, limit=None,
+                                 max_new_tokens=exam.test_max_new_tokens or exam.max_new_tokens)
     result = run_exam(model, tokenizer, rnd.examples("test"), rnd.task, greedy, chat=s.chat,
                       num_demos=s.num_demos, seed=rnd.cfg.seed)
     save_exam(result, rnd.dir, "exam_test")
@@ -290,6 +295,7 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
         "teacher_completion_tokens": teacher.get("usage_completion_tokens", 0),
         "teacher_cost_usd": teacher.get("usage_cost_usd", 0.0),
         "rows_with_triplet": triplet_rows(rnd.dir), **contradiction_stats(result.records),
+        **{k: v for k, v in rnd.summary("03_round_training").items() if k.startswith("d_")},
         "seconds": {**stages, "04_evaluation": round(time.perf_counter() - started, 1)},
     }
     exam = rnd.summary("01_mistake_analysis") if rnd.is_done("01_mistake_analysis") else {}

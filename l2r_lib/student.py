@@ -8,6 +8,7 @@ is the QLoRA path on a GPU (bitsandbytes NF4 also runs on the CPU).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def smollm2_path() -> Path:
     gguf_dir = Path(spec.origin).parent
     log.info("converting %s to %s (once)", gguf_dir / SMOLLM2_GGUF, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, use_kernels=False)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from config + weights.
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -64,6 +65,20 @@ def build_tiny_student(seed: int = 0, hidden_size: int = 64, num_layers: int = 2
     return AutoModelForCausalLM.from_config(config)
 
 
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The forward (and ``generate``) keyword for a KV cache: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values`` (earlier 5.x, e.g. the 5.17 of GPU images)."""
+    base = getattr(model, "module", model)  # inside DDP, FSDP1 or a DeepSpeed engine
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward or ``generate`` returned (``cache``, earlier ``past_key_values``), or None."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def resolve(name: str) -> str:
     """Local path or Hub id for a student name."""
     if name in (DEFAULT_STUDENT, TINY_STUDENT):
@@ -87,17 +102,20 @@ def load_student(
     load_in_4bit: bool = False,
     dtype: str = "auto",
     device: str | None = None,
+    use_kernels: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a Hub id, a local path, ``smollm2-135m`` or ``tiny``.
 
     ``dtype``: "auto" (bf16 on a GPU that has it, else fp32), "float32", "bfloat16", "float16".
+    ``use_kernels``: transformers' Hub kernels, fetched over the network at load (newer transformers
+    turn them on by default on CUDA, which fails offline): off unless asked for.
     """
     tokenizer = load_tokenizer(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = _dtype(dtype, device)
+    torch_dtype = compute_dtype_of(dtype, device)
     if name == TINY_STUDENT:
         return build_tiny_student().to(device), tokenizer
-    kwargs: dict = {"dtype": torch_dtype}
+    kwargs: dict = {"dtype": torch_dtype, "use_kernels": use_kernels}
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -114,7 +132,8 @@ def load_student(
     return model, tokenizer
 
 
-def _dtype(dtype: str, device: str) -> torch.dtype:
+def compute_dtype_of(dtype: str, device: str) -> torch.dtype:
+    """The torch dtype of a ``student.dtype`` setting on ``device``."""
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     try:

@@ -55,9 +55,8 @@ def launch_command(cfg: TrainConfig, spec: Path) -> list[str]:
     """The ``accelerate launch`` command line of a round whose inputs are in ``spec``."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port())]
     if cfg.accelerate_config:
-        command += ["--config_file", str(resolve_accelerate_config(cfg.accelerate_config))]
-        if cfg.processes > 1:
-            command += ["--num_processes", str(cfg.processes)]
+        # train.processes, whatever the file says: one GPU with ZeRO-3 offload is one process, not the file's 8
+        command += ["--config_file", str(resolve_accelerate_config(cfg.accelerate_config)), "--num_processes", str(cfg.processes)]
     else:
         # torchrun's launcher (accelerate's --cpu would need mpirun for several processes); without
         # GPUs the workers' Trainer (use_cpu) joins them over gloo, with GPUs over nccl

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -53,7 +52,8 @@ from .checkpoints import last_complete_checkpoint
 from .config import StudentConfig, TrainConfig
 from .records import ExamRecord, TeacherRecord
 from .reflection import IGNORE_INDEX, REPRESENTATIONS, cosine_distance, triplet_loss, weighted_mle_loss
-from .student import load_student
+from .student import cache_kwarg, compute_dtype_of, load_student, output_cache
+from .cpu import configure as configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,6 @@ CHECKPOINTING = next(n for n in ("activation_checkpointing", "gradient_checkpoin
 
 # --- the prompt cache -------------------------------------------------------------------------
 
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The forward keyword for a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    base = getattr(model, "module", model)  # inside DDP, FSDP1 or a DeepSpeed engine
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
 def prompt_cache(cache: DynamicCache, width: int, rows: torch.Tensor, repeat: int = 1) -> DynamicCache:
     """A fresh, gradient-free cache of the first ``width`` positions of ``rows``, tiled ``repeat``
     times along the batch (forward mutates a cache in place, so every use gets its own)."""
@@ -83,11 +76,6 @@ def prompt_cache(cache: DynamicCache, width: int, rows: torch.Tensor, repeat: in
         v = layer.values[rows, :, :width].detach()
         layers.append((k.repeat(repeat, 1, 1, 1), v.repeat(repeat, 1, 1, 1)))
     return DynamicCache(layers)
-
-
-def _output_cache(out: Any) -> DynamicCache | None:
-    cache = getattr(out, "cache", None)  # transformers >= 5.2x; earlier: past_key_values
-    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def continuation_hidden(
@@ -175,11 +163,11 @@ class ReflectionTrainer(Trainer):
             # shards are gathered by their wrapper, so the views go through it (one forward per view group)
             views_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
             anchor = REPRESENTATIONS[cfg.representation](out.hidden_states[-1][rows], inputs["anchor_span"][rows])  # (K, H)
-            cache = _output_cache(out)
+            cache = output_cache(out)
             if cache is None:  # gradient checkpointing turns the anchor's cache off
                 P = inputs["prompt_attention_mask"].size(1)
                 with torch.no_grad():
-                    cache = _output_cache(views_model(
+                    cache = output_cache(views_model(
                         input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
                         position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
                     ))
@@ -277,6 +265,17 @@ def read_losses(path: str | Path) -> list[dict[str, float]]:
     return [{**dict.fromkeys(LOSS_COLUMNS, math.nan), **row} for row in rows]
 
 
+def distance_summary(path: str | Path) -> dict[str, float | None]:
+    """Mean d(anchor, positive) and d(anchor, negative) at a round's first and last step (the
+    first step's are measured before any update): ``d_pos_first``, ``d_neg_first``, ``d_pos_last``,
+    ``d_neg_last``; None where the step had no triplet row (or the round none)."""
+    rows = [r for r in read_losses(path) if not math.isnan(r["d_pos"])] if Path(path).is_file() else []
+    pick = lambda row, k: None if row is None else round(row[k], 6)
+    first, last = (rows[0], rows[-1]) if rows else (None, None)
+    return {"d_pos_first": pick(first, "d_pos"), "d_neg_first": pick(first, "d_neg"),
+            "d_pos_last": pick(last, "d_pos"), "d_neg_last": pick(last, "d_neg")}
+
+
 def _truncate_losses(path: Path, last_step: int) -> None:
     """Drop rows after ``last_step`` (logged by a run killed after its last checkpoint)."""
     if not path.exists():
@@ -320,14 +319,17 @@ def build_student(student_cfg: StudentConfig, cfg: TrainConfig, init_adapter: Pa
     from transformers import set_seed
 
     set_seed(seed)
+    configure_threads(student_cfg.threads)
     if cfg.peft == "none":
         if student_cfg.load_in_4bit:
             raise ValueError("train.peft = 'none' (full fine-tuning) cannot train a 4-bit student: set student.load_in_4bit: false")
         if init_adapter is not None and not (Path(init_adapter) / "config.json").is_file():
             raise FileNotFoundError(f"init_adapter {str(init_adapter)!r} holds no config.json; with train.peft = 'none' "
                                     "pass the previous round's out_dir/adapter (a whole model)")
-        return load_student(str(init_adapter) if init_adapter else student_cfg.name, dtype=student_cfg.dtype)
-    model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype)
+        return load_student(str(init_adapter) if init_adapter else student_cfg.name, dtype=student_cfg.dtype,
+                            use_kernels=student_cfg.use_kernels)
+    model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype,
+                                    use_kernels=student_cfg.use_kernels)
     if student_cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
@@ -345,6 +347,17 @@ def build_student(student_cfg: StudentConfig, cfg: TrainConfig, init_adapter: Pa
         return get_peft_model(model, lora), tokenizer
 
 
+def training_dtype(cfg: TrainConfig, student_cfg: StudentConfig, model: torch.nn.Module) -> torch.dtype:
+    """The dtype a round computes in: ``train.precision``; ``auto``: a 4-bit student's compute dtype
+    (``prepare_model_for_kbit_training`` upcasts the other weights to fp32, which must not turn mixed
+    precision off), else the dtype of the student's weights."""
+    if cfg.precision != "auto":
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.precision]
+    if student_cfg.load_in_4bit:
+        return compute_dtype_of(student_cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    return next(p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.uint8)
+
+
 def training_arguments(
     cfg: TrainConfig, out_dir: Path, seed: int, compute_dtype: torch.dtype, processes: int = 1
 ) -> TrainingArguments:
@@ -356,9 +369,10 @@ def training_arguments(
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        # a float in [0, 1) is a ratio of the total steps, an int a number of steps
+        warmup_steps=cfg.warmup_ratio if cfg.warmup_steps is None else cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
-        lr_scheduler_type="linear",
+        lr_scheduler_type={"linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule],
         logging_steps=1,
         save_strategy="steps" if cfg.save_steps else "epoch",
         save_steps=cfg.save_steps or 500,
@@ -447,7 +461,7 @@ def fit_round(
     adapter_dir, losses_csv = out_dir / "adapter", out_dir / "losses.csv"
     model, tokenizer = build_student(student_cfg, cfg, Path(init_adapter) if init_adapter else None, seed)
     features = build_features(teacher_records, exam_records, tokenizer, cfg, student_cfg, round_idx, task)
-    compute_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.uint8)
+    compute_dtype = training_dtype(cfg, student_cfg, model)
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch
     if cfg.batch_size % processes:
         raise ValueError(f"train.batch_size = {cfg.batch_size}: must be a multiple of the {processes} processes "
@@ -511,9 +525,11 @@ def load_trained_student(
     if not is_trained_model(adapter_dir):
         raise FileNotFoundError(f"no adapter in {str(adapter_dir)!r}; train_round writes it to out_dir/adapter")
     if not (Path(adapter_dir) / "adapter_config.json").is_file():  # a whole model (train.peft: none)
-        model, tokenizer = load_student(str(adapter_dir), load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype)
+        model, tokenizer = load_student(str(adapter_dir), load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype,
+                                        use_kernels=student_cfg.use_kernels)
         return model.eval(), tokenizer
-    model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype)
+    model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype,
+                                    use_kernels=student_cfg.use_kernels)
     with peft_quietly():
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     if merge and not student_cfg.load_in_4bit:

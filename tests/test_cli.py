@@ -94,6 +94,20 @@ def test_a_split_with_no_questions_is_an_error_not_zero_of_zero(tmp_path):
     assert "empty.jsonl" in line and "no examples" in line
 
 
+def test_missing_data_stops_a_run_before_any_stage_unless_it_may_fall_back(tmp_path):
+    """A jsonl task whose file is missing, or a data folder without the task: one line naming the task,
+    the path tried and the fix, and no run folder; ``--fallback`` (make reproduce) runs synthetic."""
+    missing = tmp_path / "missing.jsonl"
+    line = _one_error_line(run("run", _params(tmp_path, TINY.replace("[synthetic]", f"['jsonl:{missing}']")),
+                               "--out", str(tmp_path / "out")))
+    assert "jsonl:" in line and "missing.jsonl" in line and "check the path" in line and "L2R_DATA_DIR" not in line
+    (tmp_path / "data").mkdir()
+    line = _one_error_line(run("--data-dir", str(tmp_path / "data"), "run", _params(tmp_path, TINY.replace("[synthetic]", "[gsm8k]")),
+                               "--out", str(tmp_path / "out")))
+    assert "'gsm8k'" in line and str(tmp_path / "data") in line and "L2R_DATA_DIR" in line
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("text,needle", [
     ("name: t\ntrain: {lr: [1\n", "p.yaml:3:1: YAML syntax error"),
     ("teacher: {max_concurrency: 0}\n", "p.yaml: teacher.max_concurrency = 0: must be > 0"),

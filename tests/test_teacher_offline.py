@@ -224,8 +224,34 @@ def test_replay_plus_reference_gives_the_recording_first_then_reference_rational
     assert all(r.kept for r in records if r.teacher == "reference:gold")
     stats = keep_stats(records)
     assert stats["questions_with_2_positives"] == sum(r.kept for r in records if r.teacher.startswith("replay"))
-    fb = teacher.feedback([(examples[0], "32 + 42 = 75. 75 - 35 = 40.", "40")], round_idx=2)
+    one = build_teacher(TeacherConfig(kind="replay+reference", n=1), "multiarith", cache_path=None)
+    fb = one.feedback([(examples[0], "32 + 42 = 75. 75 - 35 = 40.", "40")], round_idx=2)
     assert [r.prompt_kind for r in fb] == ["feedback"] and fb[0].rationale == "32 + 42 = 74. 74 - 35 = 39."
+
+
+@needs_data
+def test_feedback_positives_are_independent_samples_not_rewordings():
+    """With n >= 2 a feedback round's second rationale of a question is its recorded rationale (a real
+    teacher's independent sample), placed right after the first mended one; reference's swapped
+    operands (``42 + 32`` for ``32 + 42``) are no positive. Two mistakes of one question: each is mended."""
+    examples = load_examples("multiarith", "train")[:3]
+    teacher = build_teacher(TeacherConfig(kind="replay+reference", n=2), "multiarith", cache_path=None)
+    mistakes = [(examples[0], "32 + 42 = 75. 75 - 35 = 40.", "40"), (examples[0], "42 - 35 = 7.", "7"),
+                (examples[1], "I do not know.", None)]
+    fb = teacher.feedback(mistakes, round_idx=2)
+    assert [(r.id, r.prompt_kind) for r in fb] == [
+        (examples[0].id, "feedback"), (examples[0].id, "rationale"), (examples[0].id, "feedback"),
+        (examples[1].id, "feedback"), (examples[1].id, "rationale")]
+    recorded = [r for r in fb if r.prompt_kind == "rationale"]
+    assert all(r.teacher == "replay:text-davinci-002" and r.round_idx == 2 for r in recorded)
+    assert all(r.kept == (r.answer == r.gold) for r in recorded)
+    kept = [r.rationale for r in fb if r.kept and r.id == examples[0].id]
+    assert "42 + 32 = 74. 74 - 35 = 39." not in kept and len(kept) == len(set(kept)) >= 2
+    # reference alone: the gold solution as written comes before any reworded copy of the mended one
+    ref = build_teacher(TeacherConfig(kind="reference", n=2), "multiarith", cache_path=None)
+    wrong = "Together they had 32 + 42 = 74 pieces. Then 74 - 30 = 44."
+    texts = [r.rationale for r in ref.feedback([(examples[0], wrong, "44")], round_idx=2)]
+    assert texts == ["Together they had 32 + 42 = 74 pieces. 74 - 35 = 39.", examples[0].rationale], texts
 
 
 @needs_data

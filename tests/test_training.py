@@ -90,6 +90,24 @@ def test_features_take_kept_records_of_the_round_with_positive_and_negative(toke
         build_features(teacher, exams, tokenizer, cfg, TINY, round_idx=3)
 
 
+def test_a_negative_ends_with_the_gold_answer_line_as_the_official_code_builds_it(tokenizer):
+    """Official (preprocessors.py, data.py): a negative is the student's wrong rationale, then the
+    data set's answer line, then the eos: anchor, positive and negative end alike, so only the
+    reasoning tells them apart. ``negative_answer: own`` (a departure) keeps the student's answer."""
+    teacher, exams = make_records(2)
+    e = exams[0]
+    eos = tokenizer.eos_token
+    for answer_line, ends in (("gold", f"\nAnswer: {e.gold}{eos}"), ("own", f"\nAnswer: 3{eos}")):
+        feats = build_features(teacher, exams, tokenizer, TrainConfig(negative_answer=answer_line), TINY, round_idx=1)
+        f = next(f for f in feats if f["question_id"] == e.id)
+        negative, anchor = tokenizer.decode(f["negatives"][0]), tokenizer.decode(f["target_ids"])
+        assert negative == f" {e.rationales[0]}{ends}", negative
+        assert anchor.endswith(f"\nAnswer: {e.gold}{eos}")
+    assert TrainConfig().negative_answer == "gold"
+    with pytest.raises(ValueError, match="train.negative_answer"):
+        TrainConfig(negative_answer="wrong")
+
+
 def test_positives_come_from_the_anchor_round_only(tokenizer):
     """Records of rounds 1 and 2 on the same questions: a round-2 anchor's positives are round 2's
     other rationales, never round 1's (the official code reads the same round's teacher file)."""

@@ -213,5 +213,8 @@ def test_shipped_accelerate_configs_load_and_resolve_by_name(tmp_path):
     command = launch_command(TrainConfig(batch_size=8, processes=2, accelerate_config="fsdp"), tmp_path / "spec.json")
     assert command[command.index("--config_file") + 1] == str(CONFIGS_DIR / "fsdp.yaml")
     assert command[command.index("--num_processes") + 1] == "2" and command[-3:] == ["-m", "l2r_lib.train_worker", str(tmp_path / "spec.json")]
+    # one process (one GPU with ZeRO-3 offload) is one process, whatever the shipped file's 8 say
+    one = launch_command(TrainConfig(accelerate_config="deepspeed-zero3-offload"), tmp_path / "spec.json")
+    assert one[one.index("--num_processes") + 1] == "1"
     with pytest.raises(FileNotFoundError, match=r"train\.accelerate_config = 'fdsp'.*shipped: deepspeed-zero3-offload, fsdp"):
         launch_command(TrainConfig(accelerate_config="fdsp"), tmp_path / "spec.json")

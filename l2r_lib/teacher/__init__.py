@@ -35,10 +35,13 @@ the text. The kinds:
   products swapped, the sentences as numbered steps). Its feedback depends on the mistake: it
   names the student's first false ``a op b = c`` step and mends the student's rationale
   (``mend_rationale``: its correct steps toward the gold kept, its first wrong step corrected,
-  the gold's remaining steps after). Name ``reference:gold``.
+  the gold's remaining steps after), then with ``n >= 2`` the gold solution as written where it
+  differs, then the mended one's swapped forms (``feedback_rationales``). Name ``reference:gold``.
 - ``replay+reference``: the recorded rationale, then ``n - 1`` reference rationales (so round 1
-  has two positives a question with ``n: 2``); feedback is reference's. Each record names the
-  teacher that wrote it.
+  has two positives a question with ``n: 2``); feedback is reference's mended rationale with, for
+  ``n >= 2``, the question's recorded rationale beside it (an independent real sample, so the
+  positives of a feedback round differ as a live teacher's do). Each record names the teacher that
+  wrote it.
 """
 
 from .teachers import Mistake, Teacher, build_teacher, mistakes_from_exam

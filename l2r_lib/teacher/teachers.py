@@ -173,7 +173,7 @@ class ReferenceTeacher(Teacher):
         out = []
         for ex, wrong, answer in mistakes:
             mistake = f"Mistake: {describe_mistake(wrong, answer, ex.answer)}"
-            for text in reference_rationales(mend_rationale(wrong, self._gold(ex)), self.cfg.n):
+            for text in feedback_rationales(mend_rationale(wrong, self._gold(ex)), self._gold(ex), self.cfg.n):
                 out.append(((ex, wrong, answer), f"{mistake}\nReasoning: {text}\nAnswer: {ex.answer}", "feedback"))
         return out
 
@@ -200,9 +200,26 @@ class ReplayReferenceTeacher(Teacher):
         return mark_kept(records, self.cfg.max_rationales)
 
     def feedback(self, mistakes: list[Mistake], round_idx: int) -> list[TeacherRecord]:
-        records = self.reference.feedback(mistakes, round_idx)
-        self._record_usage(self.reference.last_usage, [])
-        return records
+        """Reference's feedback on each mistake (the student's rationale mended, ``n - 1`` forms) and,
+        with ``n >= 2``, the question's recorded rationale right after its first mended one: an
+        independent sample of a real teacher, so that a feedback round's positives differ as a live
+        teacher's samples do (reference's forms of one mended rationale are near-copies). The
+        recorded one is kept where it agrees with the gold answer, like any teacher answer."""
+        mended = self.reference.feedback(mistakes, round_idx)
+        usage = Usage()
+        usage += self.reference.last_usage
+        if self.cfg.n < 2:
+            self._record_usage(usage, [])
+            return mended
+        questions = list({ex.id: ex for ex, _, _ in mistakes}.values())
+        recorded = {r.id: r for r in self.replay.rationales(questions, round_idx)}
+        usage += self.replay.last_usage
+        self._record_usage(usage, [])
+        by_question: dict[str, list[TeacherRecord]] = {}
+        for r in mended:
+            by_question.setdefault(r.id, []).append(r)
+        records = [r for q, rs in by_question.items() for r in rs[:1] + [recorded[q]] + rs[1:]]
+        return mark_kept(records, self.cfg.max_rationales)
 
 
 # --- finding the first false step -----------------------------------------------------------
@@ -238,6 +255,16 @@ def reference_rationales(rationale: str, n: int) -> list[str]:
     swapped = swap_operands(rationale)
     out: dict[str, str] = {}
     for text in (rationale, swapped, as_steps(rationale), as_steps(swapped)):
+        out.setdefault(normalize_rationale(text), text)
+    return list(out.values())[:max(n, 1)]
+
+
+def feedback_rationales(mended: str, gold: str, n: int) -> list[str]:
+    """Up to ``n`` distinct rationales answering a mistake: the mended one, then the gold solution as
+    written where it decomposes the problem otherwise (the mended keeps the student's own steps),
+    then ``reference_rationales``' forms of the mended one."""
+    out: dict[str, str] = {}
+    for text in (mended, gold, *reference_rationales(mended, 4)[1:]):
         out.setdefault(normalize_rationale(text), text)
     return list(out.values())[:max(n, 1)]
 

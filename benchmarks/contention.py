@@ -71,6 +71,7 @@ def worker(args: argparse.Namespace) -> dict:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         times = []
         for i in range(args.steps + 1):
+            cpu.share()  # as the Trainer's FairThreads callback does before each step
             start = time.perf_counter()
             trainer.compute_loss(model, batch).backward()
             optimizer.step()

@@ -7,10 +7,3 @@ import logging as _logging
 # bitsandbytes, imported on an AVX512-BF16 CPU, tries to download a faster 4-bit kernel from the Hub and
 # warns when it cannot (always, offline); it then uses its own kernel. Only that logger is quieted.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
-
-import sys as _sys
-
-from . import cpu as _cpu
-
-if "torch" not in _sys.modules:  # OpenMP reads its wait policy once, when torch loads it
-    _cpu.quiet_waits()

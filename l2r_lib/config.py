@@ -192,6 +192,12 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def computation(self) -> "RunConfig":
+        """This config less the settings of the machine rather than of the computation (``student.threads``):
+        a run may go on under other values of those."""
+        return dataclasses.replace(self, student=dataclasses.replace(self.student, threads=None))
+
+
 
 # --- the rule of every field ------------------------------------------------------------------
 # Plain dataclasses with one table of rules rather than pydantic models: the config stays

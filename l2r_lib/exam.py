@@ -21,6 +21,7 @@ from transformers import (DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .answers import extract_answer, question_options
 from .config import ExamConfig
+from .cpu import share as share_cpu
 from .prompts import ANSWER_PREFIX, build_prompt, demos_for, split_completion
 from .records import ExamRecord, save_jsonl
 from .student import cache_kwarg, output_cache
@@ -115,6 +116,7 @@ def generate_batch(
     tokens: list[list[int]] = [[] for _ in range(len(ids))]
     cache, steps = DynamicCache(config=model.config), 0
     while len(rows) and steps < cfg.max_new_tokens:
+        share_cpu()  # the threads other work leaves (l2r_lib/cpu.py)
         n = min(cfg.chunk_tokens, cfg.max_new_tokens - steps)
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=n, **{cache_kwarg(model): cache},

@@ -116,7 +116,7 @@ def prepare_run(params: str | Path, out: str | Path | None = None, overrides: di
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         saved = load_config(config_path)
-        if saved == cfg:
+        if saved.computation() == cfg.computation():  # student.threads may differ: a machine setting
             return cfg, run_dir
         if not _extends(saved, cfg):
             changed = _changed_keys(saved.to_dict(), cfg.to_dict())
@@ -151,7 +151,7 @@ def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
 def _extends(saved: RunConfig, cfg: RunConfig) -> bool:
     """``cfg`` is ``saved`` with methods or tasks appended (same order for those already there)."""
     grown = dataclasses.replace(cfg, methods=saved.methods, tasks=saved.tasks)
-    return (grown == saved and cfg.methods[: len(saved.methods)] == saved.methods
+    return (grown.computation() == saved.computation() and cfg.methods[: len(saved.methods)] == saved.methods
             and cfg.tasks[: len(saved.tasks)] == saved.tasks)
 
 

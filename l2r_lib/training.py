@@ -53,7 +53,7 @@ from .config import StudentConfig, TrainConfig
 from .records import ExamRecord, TeacherRecord
 from .reflection import IGNORE_INDEX, REPRESENTATIONS, cosine_distance, triplet_loss, weighted_mle_loss
 from .student import cache_kwarg, compute_dtype_of, load_student, output_cache
-from .cpu import configure as configure_threads
+from .cpu import configure as configure_threads, share as share_cpu
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,13 @@ class ProgressPrinter(TrainerCallback):
         if logs.get("triplet"):
             parts.append(f"triplet {logs['triplet']:.3f}")
         print("  ".join(parts + [f"{rate:.1f} s/step"]), flush=True)
+
+
+class FairThreads(TrainerCallback):
+    """Before each step, torch's threads sized to the cores other work leaves (``cpu.share``)."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        share_cpu()
 
 
 class CsvLossLogger(TrainerCallback):
@@ -477,7 +484,7 @@ def fit_round(
         }, sort_keys=False))
     trainer = ReflectionTrainer(
         model=model, args=args, train_dataset=ReflectionDataset(features), data_collator=ReflectionCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv), ProgressPrinter()],
+        processing_class=tokenizer, callbacks=[CsvLossLogger(losses_csv), ProgressPrinter(), FairThreads()],
         train_cfg=cfg, use_reflection=use_reflection, batch_sampler=sampler,
     )
     kind = trainer.accelerator.distributed_type

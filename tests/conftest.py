@@ -29,7 +29,12 @@ def one_thread():
     """Tiny tensors: one torch thread is faster, and steadier on a shared machine (``usefixtures`` it)."""
     import torch
 
-    before = torch.get_num_threads()
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # l2r_lib.cpu.configure, called by each student load, keeps it
     yield
     torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

@@ -107,3 +107,16 @@ def test_every_field_has_a_rule():
                 yield prefix + f.name
 
     assert sorted(keys(RunConfig)) == sorted(RULES)
+
+
+OFFICIAL_TEST_CAPS = {"multiarith": 192, "svamp": 192, "gsm8k": 256, "csqa": 96, "strategyqa": 128}  # official utils.py
+
+
+@pytest.mark.parametrize("task", sorted(OFFICIAL_TEST_CAPS))
+def test_paper_params_follow_the_official_optimizer_and_test_caps(task):
+    full = load_config(f"paper/full-ft/{task}")
+    assert (full.train.weight_decay, full.train.lr_schedule, full.train.warmup_steps, full.train.precision) == (0.01, "constant", 100, "fp16")
+    assert (full.train.lr, full.train.epochs) == (7e-6, 10)
+    for cfg in (full, load_config(f"paper/{task}")):
+        assert cfg.exam.test_max_new_tokens == OFFICIAL_TEST_CAPS[task] and cfg.exam.max_new_tokens == 128
+        assert cfg.train.negative_answer == "gold"

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -41,11 +42,14 @@ def test_available_cores_is_the_affinity_capped_by_the_quota(tmp_path):
     assert cpu.available_cores(tmp_path) == mine
 
 
-def test_configure_sets_torch_threads_and_student_threads_is_checked():
+def test_configure_fixes_a_count_set_by_hand_and_starts_at_the_available_cores(monkeypatch):
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        assert cpu.configure(1) == 1 and torch.get_num_threads() == 1
+        assert cpu.configure(1) == 1 and torch.get_num_threads() == 1 and cpu.share() == 1  # fixed: never resized
         assert cpu.configure(None) == cpu.available_cores() == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own setting stands
+        assert cpu.configure(None) == 1 and cpu.share() == 1
     finally:
         torch.set_num_threads(before)
     assert StudentConfig(threads=3).threads == 3
@@ -53,14 +57,37 @@ def test_configure_sets_torch_threads_and_student_threads_is_checked():
         StudentConfig(threads=0)
 
 
-@pytest.mark.parametrize("env, expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
-def test_importing_l2r_makes_openmp_waits_sleep_unless_the_user_chose(env, expected):
-    """Set before torch loads OpenMP (it reads the policy once); a user's own setting stands. The kernels
-    `l2r run` starts inherit the process environment."""
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = "import os, l2r_lib, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
+def test_fair_share_leaves_the_cores_other_work_uses(tmp_path):
+    share = cpu.FairShare(cores=4)
+    assert [share.threads_for(x) for x in (0.0, 0.3, 0.6, 1.0, 2.4, 3.9, 9.0)] == [4, 4, 3, 3, 2, 1, 1]
+    assert cpu.FairShare(threads=2, cores=4).threads_for(3.0) == 2  # student.threads: fixed
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 20 900 10 0 3 2 0 0\ncpu0 1 2 3\n")
+    assert cpu.busy_seconds(stat) == (100 + 5 + 20 + 0 + 3 + 2) / cpu.CLOCK_TICKS
+    assert cpu.busy_seconds(tmp_path / "none") is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_threads_step_down_beside_a_busy_process_and_back_up_after_it(monkeypatch):
+    """A measured share: a single-thread busy loop beside this idle process on (say) 2 cores leaves 1;
+    when it ends, the pool grows back."""
+    monkeypatch.setattr(cpu, "MIN_INTERVAL_S", 0.5)
+    before = torch.get_num_threads()
+    share = cpu.FairShare(cores=2)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        share()
+        time.sleep(1.5)
+        assert share() == 1
+    finally:
+        busy.kill()
+        busy.wait()
+    try:
+        share()
+        time.sleep(1.0)
+        assert share() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path):

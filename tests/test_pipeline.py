@@ -293,6 +293,9 @@ def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny
     assert manifest["config"]["methods"] == params["methods"]
     assert manifest["method_declarations"]["std-cot-matched"]["questions"] == "random"
 
+    params["student"] = {**params.get("student", {}), "threads": 1}  # a machine setting: the same run goes on
+    grown.write_text(yaml.safe_dump(params))
+    assert runner.prepare_run(grown, run)[0].student.threads == 1
     params["rounds"] = 3  # anything but appended methods or tasks is another run
     grown.write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match="grows only by appending"):

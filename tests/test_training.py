@@ -494,3 +494,27 @@ def test_no_complete_checkpoint_starts_over_and_keeps_the_broken_ones(tmp_path):
     result = train_round(teacher, exams, cfg, TINY, out)
     assert result.steps == 2 and result.resumed_from_step is None
     assert (out / "checkpoint-1.incomplete").is_dir() and (out / "checkpoint-1.incomplete-2" / "rng_state.pth").is_file()
+
+
+def test_training_dtype_follows_the_precision_setting_and_a_4bit_students_compute_dtype():
+    """QLoRA trains in the compute dtype of its 4-bit weights, although peft's preparation upcasts the other
+    weights to fp32; ``train.precision`` names it outright (the official full fine-tuning: fp16 autocast
+    over fp32 weights)."""
+    from l2r_lib.training import training_dtype
+
+    fp32_model = torch.nn.Linear(2, 2)
+    assert training_dtype(TrainConfig(), StudentConfig(dtype="float32"), fp32_model) == torch.float32
+    assert training_dtype(TrainConfig(), StudentConfig(load_in_4bit=True, dtype="bfloat16"), fp32_model) == torch.bfloat16
+    assert training_dtype(TrainConfig(), StudentConfig(load_in_4bit=True, dtype="float16"), fp32_model) == torch.float16
+    assert training_dtype(TrainConfig(precision="fp16"), StudentConfig(dtype="float32"), fp32_model) == torch.float16
+    assert training_dtype(TrainConfig(), StudentConfig(dtype="bfloat16"), fp32_model.to(torch.bfloat16)) == torch.bfloat16
+
+
+def test_the_official_schedule_warms_up_for_fixed_steps_then_stays_constant(tmp_path):
+    from l2r_lib.training import training_arguments
+
+    args = training_arguments(TrainConfig(lr_schedule="constant", warmup_steps=100, weight_decay=0.01), tmp_path, 0, torch.float32)
+    schedule = lambda a: getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)
+    assert schedule(args) == "constant_with_warmup" and args.warmup_steps == 100 and args.weight_decay == 0.01
+    args = training_arguments(TrainConfig(), tmp_path, 0, torch.float32)
+    assert schedule(args) == "linear" and args.warmup_steps == 0.03

@@ -248,8 +248,13 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                     except pm.PapermillExecutionError as e:
                         raise StageFailed(nb, rnd, e) from e
                     finally:
-                        if executed.is_file():
-                            scrub_notebook(executed, run_dir)
+                        failing = sys.exc_info()[1] is not None
+                        try:
+                            if executed.is_file():
+                                scrub_notebook(executed, run_dir)
+                        except (ValueError, OSError):
+                            if not failing:  # else the first error wins: a notebook half written on a full disk
+                                raise        # cannot be read back, and that is not what went wrong
     write_tables(run_dir)
     return run_dir
 

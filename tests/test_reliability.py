@@ -134,3 +134,24 @@ def test_a_shared_round_1_does_not_bill_the_donors_requests_again(tmp_path):
     assert metrics["shared_from"] == "tailored" and metrics["teacher_kept"] == 40  # trained on the same examples
     assert (metrics["teacher_requests"], metrics["teacher_abandoned"], metrics["teacher_cost_usd"]) == (0, 0, 0)
     assert [p.name for p in tmp_path.joinpath("no-feedback", "synthetic").iterdir()] == ["round-1"]  # no temp left
+
+
+def test_a_full_disk_is_the_error_reported_not_the_half_written_notebook(tmp_path, monkeypatch):
+    """papermill writes the executed notebook as it goes; on a full disk the file is cut mid-JSON. The
+    run must fail with the disk's error (errno 28), not with the scrubber's JSONDecodeError."""
+    import errno
+
+    import papermill as pm
+
+    def full_disk(source, target, **kwargs):
+        with open(target, "w") as f:
+            f.write('{"cells": [{"source": "\\u00')  # cut mid-escape, as on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(pm, "execute_notebook", full_disk)
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"name": "full", "tasks": ["synthetic"], "methods": ["std-cot"], "rounds": 1,
+                                      "student": {"name": "tiny", "chat": False}, "teacher": {"kind": "reference"}}))
+    with pytest.raises(OSError) as caught:
+        runner.run_pipeline(params, tmp_path / "run", progress=False)
+    assert caught.value.errno == errno.ENOSPC

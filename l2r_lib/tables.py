@@ -74,6 +74,12 @@ def bootstrap_interval(correct, diff_from=None, n_boot: int = 4000, seed: int = 
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def correct_by_id(records: list[ExamRecord]) -> list[bool]:
+    """Per-question greedy correctness in the canonical order (by question id): the one order every
+    bootstrap interval resamples, so a set of answers has one interval wherever it is shown."""
+    return [r.correct[0] for r in sorted(records, key=lambda r: r.id)]
+
+
 def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
     """(method, task) -> per-question greedy correctness of the last round's test exam, by id."""
     final = final_rows(metrics)
@@ -81,8 +87,7 @@ def _final_correct(metrics: pd.DataFrame) -> dict[tuple[str, str], list[bool]]:
     for row in final.itertuples():
         path = Path(row.path) / "exam_test.jsonl"
         if path.is_file():
-            records = sorted(load_jsonl(ExamRecord, path), key=lambda r: r.id)
-            out[(row.method, row.task)] = [r.correct[0] for r in records]
+            out[(row.method, row.task)] = correct_by_id(load_jsonl(ExamRecord, path))
     return out
 
 
@@ -128,7 +133,7 @@ def round_intervals(metrics: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for row in metrics.sort_values(["method", "task", "round"]).itertuples():
         path = Path(row.path) / "exam_test.jsonl"
-        correct = [r.correct[0] for r in load_jsonl(ExamRecord, path)] if path.is_file() else []
+        correct = correct_by_id(load_jsonl(ExamRecord, path)) if path.is_file() else []
         lo, hi = bootstrap_interval(correct)
         rows.append({"method": row.method, "task": row.task, "round": int(row.round), "accuracy": 100 * row.accuracy,
                      "ci95_low": 100 * lo, "ci95_high": 100 * hi})

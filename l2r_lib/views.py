@@ -16,7 +16,7 @@ import pandas as pd
 from . import pipeline
 from .evaluation import error_type, first_false_claim
 from .figures import add_caption
-from .tables import bootstrap_interval, run_caption
+from .tables import bootstrap_interval, correct_by_id, run_caption
 from .records import ExamRecord, TeacherRecord
 from .tasks import get_task
 
@@ -345,7 +345,7 @@ def accuracies(rnd: pipeline.Round) -> str:
     for k in range(max(1, rnd.round_idx - 1), rnd.round_idx + 1):
         exam = pipeline.load_exam(pipeline.Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k), "exam_test")
         if exam:
-            correct = [r.correct[0] for r in exam]
+            correct = correct_by_id(exam)
             lo, hi = bootstrap_interval(correct)
             lines.append(f"test accuracy after round {k} = {sum(correct) / len(correct):.1%}, "
                          f"95% interval [{lo:.1%}, {hi:.1%}], {len(correct)} questions")

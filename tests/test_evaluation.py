@@ -111,3 +111,21 @@ def test_diagnostics_table_reads_triplet_rows_and_contradictions_per_round(tmp_p
     from l2r_lib.evaluation import triplet_rows
 
     assert triplet_rows(tmp_path / "tailored" / "multiarith" / "round-1") == 0
+
+
+def test_one_set_of_answers_has_one_interval_in_every_table(tmp_path):
+    """The per-round table (and the figure it feeds) and the last-round tables resample the same
+    answers in one canonical order: an exam file in another order gives the same interval."""
+    import random
+
+    from l2r_lib.records import ExamRecord, save_jsonl
+    from l2r_lib.tables import interval_table, round_intervals
+
+    rng = random.Random(0)
+    records = [ExamRecord(f"q-{i:03d}", "q", "1", "", ["r"], ["1"], [rng.random() < 0.3]) for i in range(120)]
+    rng.shuffle(records)  # the file's order is the exam's (longest prompt first), not the ids'
+    save_jsonl(records, tmp_path / "exam_test.jsonl")
+    metrics = pd.DataFrame([{"method": "tailored", "task": "multiarith", "round": 1, "path": str(tmp_path),
+                             "accuracy": sum(r.correct[0] for r in records) / len(records)}])
+    per_round, last = round_intervals(metrics).iloc[0], interval_table(metrics).iloc[0]
+    assert (round(per_round.ci95_low, 1), round(per_round.ci95_high, 1)) == (last.ci95_low, last.ci95_high)

@@ -119,7 +119,10 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, reflect
     w1, w2 = load_file(one.adapter_dir / weights), load_file(two.adapter_dir / weights)
     assert w1.keys() == w2.keys()
     for k in w1:
-        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-5)
+        # Adam divides by sqrt(v): where a gradient is near zero, the ~1e-7 difference of another summation
+        # order can move that weight by a sliver of a step (seen: 5.6e-5 on 1 of 1024, lr 1e-2); a wrong
+        # share of the batch would move every weight by up to a whole step
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4)
     if peft == "lora":
         assert any(w1[k].abs().sum() > 0 for k in w1 if "lora_B" in k)  # trained, not the zero init
 

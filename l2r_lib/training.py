@@ -95,6 +95,18 @@ def continuation_hidden(
 
 # --- the trainer --------------------------------------------------------------------------
 
+class SamplerEpoch(TrainerCallback):
+    """Gives the batch sampler its epoch before each epoch's batches are drawn. Trainer's own
+    ``set_epoch`` reaches it through one wrapper at most (and not at all in transformers 5.0 with
+    several processes); on a resume the sampler sits two deep (SkipBatchSampler(BatchSamplerShard(...)))."""
+
+    def __init__(self, sampler: QuestionBatchSampler):
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.sampler.set_epoch(int(state.epoch or 0))  # a resumed epoch's state.epoch is e.g. 1.33
+
+
 class ReflectionTrainer(Trainer):
     """``Trainer`` with the round's loss: weighted MLE + ``reflection_weight`` x triplet.
 
@@ -114,6 +126,7 @@ class ReflectionTrainer(Trainer):
         self.batch_sampler = batch_sampler
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: Trainer divides by grad_accum
         self._metrics: dict[str, list[float]] = {k: [] for k in METRICS}
+        self.add_callback(SamplerEpoch(batch_sampler))
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(
@@ -200,12 +213,6 @@ class ReflectionTrainer(Trainer):
         if self.use_reflection and triplets.item() > 0:
             self._metrics["d_pos"].append(d_pos / triplets.item())
             self._metrics["d_neg"].append(d_neg / triplets.item())
-
-    def _run_epoch(self, *args, epoch: int, **kwargs):
-        # Trainer sets the epoch through one wrapper only; on a resume with several processes the
-        # sampler sits two deep (SkipBatchSampler(BatchSamplerShard(...))): set it here, always
-        self.batch_sampler.set_epoch(epoch)
-        return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics["total"]:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from l2r_lib.config import ExamConfig
@@ -36,6 +37,7 @@ def test_prompt_and_target_share_one_format():
     assert format_target("2 + 2 = 4.", "4") == " 2 + 2 = 4.\nAnswer: 4"
 
 
+@pytest.mark.floor
 def test_exam_mechanics_on_a_tiny_model(tmp_path):
     """Batched, length-sorted exam: records in input order, sampling gives k answers each."""
     model, tok = build_tiny_student(), load_tokenizer()
@@ -51,6 +53,7 @@ def test_exam_mechanics_on_a_tiny_model(tmp_path):
     assert (tmp_path / "exam.summary.json").is_file()
 
 
+@pytest.mark.floor
 def test_top_k_reaches_generate_and_each_question_gets_k_samples():
     """Sampling from the top-1 token is greedy decoding: the k samples agree with the greedy answer.
     Without top-k they differ (a random tiny model spreads its probability over the vocabulary)."""

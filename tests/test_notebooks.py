@@ -140,6 +140,7 @@ def test_the_triplet_distances_shown_are_those_training_computes(tiny):
     from l2r_lib.config import load_config
     from l2r_lib.reflection import REPRESENTATIONS, cosine_distance
     from l2r_lib.batches import ReflectionCollator
+    from l2r_lib.student import output_cache
     from l2r_lib.training import continuation_hidden, prompt_cache
 
     rnd = pipeline.Round(load_config(tiny / "config.yaml"), tiny, "tailored", "synthetic", 2)
@@ -151,8 +152,7 @@ def test_the_triplet_distances_shown_are_those_training_computes(tiny):
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"], use_cache=True, output_hidden_states=True)
-        cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
-        hidden = continuation_hidden(model, prompt_cache(cache, P, view_rows), batch["prompt_attention_mask"][view_rows],
+        hidden = continuation_hidden(model, prompt_cache(output_cache(out), P, view_rows), batch["prompt_attention_mask"][view_rows],
                                      batch["cont_input_ids"], batch["cont_attention_mask"])
     for name, represent in REPRESENTATIONS.items():
         anchor = represent(out.hidden_states[-1], batch["anchor_span"])

@@ -49,6 +49,7 @@ def test_killed_run_resumes_without_repeating_round_1(tiny_run):
     assert "[l2r] tailored / synthetic / round 2: 03_round_training" in tiny_run["stdout"]
 
 
+@pytest.mark.floor
 def test_every_notebook_of_every_round_executed(tiny_run):
     run = tiny_run["dir"]
     for method, rounds in [("tailored", 2), ("std-cot", 1), ("no-feedback", 2)]:
@@ -128,6 +129,7 @@ def test_round_2_exam_after_a_shared_round_1_is_shared_and_is_the_same_computati
     assert set(runner.EXAM_FILES) <= {p.name for p in mine.iterdir()}
 
 
+@pytest.mark.floor
 def test_round_1_reflects_and_the_tables_report_triplet_rows_and_contradictions(tiny_run):
     run = tiny_run["dir"]
     metrics = json.loads((run / "tailored" / "synthetic" / "round-1" / "metrics.json").read_text())

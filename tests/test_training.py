@@ -14,7 +14,7 @@ import torch
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import ExamRecord, TeacherRecord, save_jsonl
 from l2r_lib.reflection import IGNORE_INDEX, REPRESENTATIONS
-from l2r_lib.student import build_tiny_student, load_tokenizer
+from l2r_lib.student import build_tiny_student, load_tokenizer, output_cache
 from l2r_lib.tasks import load_examples
 from l2r_lib.batches import MAX_NEGATIVES, QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
 from l2r_lib.training import (
@@ -263,6 +263,7 @@ def reflection_trainer(tmp_path, feats, cfg, model):
     )
 
 
+@pytest.mark.floor
 def test_gradient_reaches_the_positive_and_negative_views(tmp_path, tokenizer):
     """The triplet term's gradient through the positive view alone, and through the negative view
     alone (the other two held constant), reaches every LoRA weight with ``reflection_grad: all``
@@ -280,7 +281,7 @@ def test_gradient_reaches_the_positive_and_negative_views(tmp_path, tokenizer):
     lora = [p for n, p in model.named_parameters() if "lora" in n]
     for mode in ("all", "anchor"):
         trainer = reflection_trainer(tmp_path, feats, TrainConfig(batch_size=4, lora_dropout=0.0, reflection_grad=mode), model)
-        positive, negative = trainer.view_representations(model, batch, out.cache).chunk(2)  # (K, H) each
+        positive, negative = trainer.view_representations(model, batch, output_cache(out)).chunk(2)  # (K, H) each
         assert positive.shape == negative.shape == anchor.shape
         for name, (pos, neg) in {"positive": (positive, negative.detach()), "negative": (positive.detach(), negative)}.items():
             loss = triplet_loss(anchor, pos, neg, torch.ones_like(rows, dtype=torch.bool), margin=2.0)  # every row active
@@ -322,6 +323,7 @@ def test_read_losses_reads_files_without_the_distances(tmp_path):
     assert rows[1]["lr"] != rows[1]["lr"]
 
 
+@pytest.mark.floor
 def test_four_bit_trains_and_saves_an_adapter_that_reloads(tmp_path, tokenizer):
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
@@ -348,6 +350,7 @@ def test_four_bit_trains_and_saves_an_adapter_that_reloads(tmp_path, tokenizer):
     assert again.skipped and again.steps == 3
 
 
+@pytest.mark.floor
 def test_round_two_starts_from_round_one_adapter(tmp_path):
     teacher, exams = make_records(4)
     cfg = TrainConfig(epochs=1.0, batch_size=4, lr=1e-2, save_steps=0)

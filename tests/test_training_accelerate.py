@@ -94,6 +94,7 @@ def test_processes_must_divide_the_batch():
 
 # --- several processes ----------------------------------------------------------------------------
 
+@pytest.mark.floor
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("reflection,peft", [(True, "lora"), (False, "lora"), (True, "none")],
                          ids=["reflection", "no-reflection", "full-ft"])

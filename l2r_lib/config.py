@@ -24,6 +24,13 @@ from . import paths
 from .methods import METHODS  # the one table of methods (l2r_lib/methods.py)
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies); counting them starts no CUDA context."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 @dataclass
 class StudentConfig:
     name: str = "smollm2-135m"  # 'smollm2-135m' (embedded), 'tiny' (random, tests), Hub id or path
@@ -158,11 +165,15 @@ class TrainConfig:
     # lora: a LoRA adapter (QLoRA with student.load_in_4bit) | none: full fine-tuning (the official protocol),
     # the round's "adapter" folder then holds the whole model
     peft: str = "lora"
-    processes: int = 1  # data-parallel processes: > 1 runs the round under `accelerate launch` (DDP; gloo on a CPU)
+    # data-parallel processes: > 1 runs the round under `accelerate launch` (DDP; gloo on a CPU), also with
+    # an accelerate_config whatever its file says. None: one per visible GPU, 1 without (resolved when built)
+    processes: int | None = None
     # an accelerate config file (FSDP, DeepSpeed ZeRO-3, ...): the round runs under `accelerate launch --config_file`
     accelerate_config: str | None = None
 
     def __post_init__(self):
+        if self.processes is None:
+            self.processes = visible_gpus() or 1
         _validate(self, "train")
         _check(self.batch_size % self.processes == 0, "train.batch_size", self.batch_size,
                f"must be a multiple of train.processes = {self.processes} (each process takes an equal share of a batch)")

@@ -7,15 +7,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 from safetensors.torch import load_file
 
+from conftest import REPO
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import save_jsonl
 from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
+from l2r_lib.train_worker import launch_command
 from l2r_lib.training import build_student, load_trained_student, read_losses, train_round
 from test_training import kill_after_step, make_records, reflection_trainer
 
@@ -83,6 +86,22 @@ def test_dummy_rows_carry_no_loss_and_no_gradient(tmp_path):
         results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_processes_default_to_the_visible_gpus(monkeypatch):
+    """No train.processes: one per visible GPU (a shipped accelerate config's own count never
+    decides, see launch_command), 1 on a machine without."""
+    from l2r_lib import config
+
+    assert TrainConfig().processes == 1 and config.visible_gpus() == torch.cuda.device_count()
+    monkeypatch.setattr(config, "visible_gpus", lambda: 8)
+    assert TrainConfig().processes == 8 and TrainConfig(processes=2).processes == 2
+    paper = config.load_config(REPO / "params" / "paper" / "full-ft" / "gsm8k.yaml").train
+    assert paper.processes == 8
+    monkeypatch.setattr(config, "visible_gpus", lambda: 1)
+    paper = config.load_config(REPO / "params" / "paper" / "full-ft" / "gsm8k.yaml").train
+    assert paper.processes == 1 and "--num_processes" in (cmd := launch_command(paper, Path("spec.json")))
+    assert cmd[cmd.index("--num_processes") + 1] == "1"
 
 
 def test_processes_must_divide_the_batch():
@@ -154,7 +173,7 @@ def test_zero3_full_finetuning_on_two_processes_learns_and_resumes_after_a_kill(
     save_jsonl(teacher, tmp_path / "teacher.jsonl")
     save_jsonl(exams, tmp_path / "exam.jsonl")
     (tmp_path / "runner.py").write_text(RUNNER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(__import__("conftest").REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     run = lambda name: subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), str(tmp_path), name],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                         start_new_session=True)  # its own process group: the kill takes the workers too

@@ -1,7 +1,9 @@
 """The losses of one training round, as pure functions on tensors (no model, no config).
 
 - ``weighted_mle_loss``: next-token cross-entropy where prompt tokens (demos and question) weigh
-  ``w`` and the rationale + answer weigh 1, normalised by the number of predicted tokens.
+  ``w`` and the rationale + answer weigh 1, normalised by the number of predicted tokens;
+  ``chunked_mle_loss`` is the same loss from final hidden states and the output layer, without
+  the full-vocabulary logits of the whole batch (what training computes).
 - ``triplet_loss``: self-reflection; the anchor (a teacher rationale) is pulled toward another
   correct rationale of the same question and pushed from the student's own wrong one, with
   distance ``1 - cos`` and a margin; rows without a positive and a negative contribute nothing.
@@ -18,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # label of a position that is not predicted (padding)
+# predicted tokens whose fp32 logits exist at once in chunked_mle_loss: 1024 x 151,936 (Qwen2.5's
+# vocabulary) x 4 bytes = 0.6 GiB, against 8 x 512 x 151,936 x 4 = 2.3 GiB for a whole batch (and its gradient)
+LOSS_CHUNK_TOKENS = 1024
 
 
 def weighted_mle_loss(
@@ -46,6 +51,64 @@ def weighted_mle_loss(
     ).view_as(shift_labels)  # (B, L-1), 0 at ignored positions
     valid = shift_labels.ne(IGNORE_INDEX)
     return (ce * shift_weights * valid).sum() / (valid.sum().clamp(min=1) if normaliser is None else normaliser)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``sum_t w_t * CE(h_t W^T + b, y_t)`` a chunk of rows at a time. The loss is a scalar, so each
+    chunk's gradient (softmax - one-hot, times w) is taken in the forward pass while its logits
+    exist, and only the gradients of h, W and b are kept for the backward pass, which scales them."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y, w, chunk_tokens):
+        grad_h = torch.empty_like(h) if h.requires_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and bias.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, y.numel(), chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            hc, yc, wc = h[part], y[part], w[part]
+            logits = F.linear(hc, weight, bias).float()  # (C, V): the only logits in memory
+            total += (F.cross_entropy(logits, yc, reduction="none") * wc).sum()
+            if grad_h is None and grad_weight is None and grad_bias is None:
+                continue
+            grad = logits.softmax(dim=-1)
+            grad[torch.arange(yc.numel(), device=yc.device), yc] -= 1.0
+            grad *= wc[:, None]
+            if grad_h is not None:
+                grad_h[part] = (grad.to(weight.dtype) @ weight).to(h.dtype)
+            if grad_weight is not None:
+                grad_weight += grad.T @ hc.float()
+            if grad_bias is not None:
+                grad_bias += grad.sum(dim=0)
+        ctx.save_for_backward(grad_h, grad_weight, grad_bias)
+        ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_weight, grad_bias = ctx.saved_tensors
+        scale = lambda g, dtype=None: None if g is None else (g * grad_total).to(dtype or g.dtype)
+        return scale(grad_h), scale(grad_weight, ctx.dtypes[0]), scale(grad_bias, ctx.dtypes[1]), None, None, None
+
+
+def chunked_mle_loss(
+    hidden: torch.Tensor, output_layer: torch.nn.Linear, labels: torch.Tensor, weights: torch.Tensor,
+    normaliser: torch.Tensor | float | None = None, chunk_tokens: int = LOSS_CHUNK_TOKENS,
+) -> torch.Tensor:
+    """``weighted_mle_loss(output_layer(hidden), labels, weights, normaliser)`` without its (B, L, V)
+    logits: only predicted positions, ``chunk_tokens`` at a time (``_LinearCrossEntropy``), the same
+    FLOPs as the plain loss on those positions and no logits kept for the backward pass.
+
+    Args:
+        hidden: (B, L, H) final hidden states (after the model's last norm).
+        output_layer: the model's lm_head, a plain ``nn.Linear``.
+        labels, weights, normaliser: as in ``weighted_mle_loss``.
+    """
+    shift_labels = labels[:, 1:]
+    valid = shift_labels.ne(IGNORE_INDEX)  # (B, L-1)
+    h, y, w = hidden[:, :-1][valid], shift_labels[valid], weights[:, 1:][valid].float()  # (N, H), (N,), (N,)
+    total = _LinearCrossEntropy.apply(h, output_layer.weight, output_layer.bias, y, w, chunk_tokens)
+    return total / (valid.sum().clamp(min=1) if normaliser is None else normaliser)
 
 
 def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

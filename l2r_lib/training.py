@@ -51,7 +51,9 @@ from .batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset
 from .checkpoints import last_complete_checkpoint
 from .config import StudentConfig, TrainConfig
 from .records import ExamRecord, TeacherRecord
-from .reflection import IGNORE_INDEX, REPRESENTATIONS, cosine_distance, triplet_loss, weighted_mle_loss
+from .reflection import (
+    IGNORE_INDEX, REPRESENTATIONS, chunked_mle_loss, cosine_distance, triplet_loss, weighted_mle_loss,
+)
 from .student import cache_kwarg, compute_dtype_of, load_student, output_cache
 from .cpu import configure as configure_threads, share as share_cpu
 
@@ -162,29 +164,39 @@ class ReflectionTrainer(Trainer):
         # Each process divides its sums by the counts of the whole batch over the process count: the
         # mean of the processes' gradients (DDP) is then the gradient of the one-process loss.
         share = self.accelerator.num_processes
+        weights = torch.where(inputs["prompt_token"], cfg.prompt_weight, 1.0)  # (B, P+T)
+        base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        # The loss from the final hidden states, a chunk of logits at a time (chunked_mle_loss). A
+        # sharded model (ZeRO-3, FSDP) gathers its output layer only inside its own forward, and an
+        # adapted or quantized one is no plain Linear: their logits come from the model's forward.
+        head = base.get_output_embeddings()
+        chunked = type(head) is torch.nn.Linear and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         out = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-            position_ids=inputs["position_ids"], use_cache=reflect, output_hidden_states=reflect,
+            position_ids=inputs["position_ids"], use_cache=reflect, output_hidden_states=reflect or chunked,
+            **({"logits_to_keep": 1} if chunked else {}),
         )
-        weights = torch.where(inputs["prompt_token"], cfg.prompt_weight, 1.0)  # (B, P+T)
-        mle = weighted_mle_loss(out.logits, inputs["labels"], weights, tokens.clamp(min=1) / share)
+        if chunked:
+            mle = chunked_mle_loss(out.hidden_states[-1], head, inputs["labels"], weights,
+                                   tokens.clamp(min=1) / share)
+        else:
+            mle = weighted_mle_loss(out.logits, inputs["labels"], weights, tokens.clamp(min=1) / share)
         triplet = torch.zeros((), device=mle.device)
         distances = torch.zeros(2, device=mle.device)  # sums of d(a, p) and d(a, n) over the triplet rows
         if reflect:
-            # DDP counts one forward per backward: the views go through the module it wraps (their
+            # DDP counts one forward per backward: the views go through the module it wraps, `base` (their
             # gradient reaches the same parameters before its reducer fires); DeepSpeed's and FSDP's
             # shards are gathered by their wrapper, so the views go through it (one forward per view group)
-            views_model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
             anchor = REPRESENTATIONS[cfg.representation](out.hidden_states[-1][rows], inputs["anchor_span"][rows])  # (K, H)
             cache = output_cache(out)
             if cache is None:  # gradient checkpointing turns the anchor's cache off
                 P = inputs["prompt_attention_mask"].size(1)
                 with torch.no_grad():
-                    cache = output_cache(views_model(
+                    cache = output_cache(base(
                         input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
                         position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
                     ))
-            positive, negative = self.view_representations(views_model, inputs, cache).chunk(2)
+            positive, negative = self.view_representations(base, inputs, cache).chunk(2)
             every = torch.ones_like(rows, dtype=torch.bool)
             triplet = triplet_loss(anchor, positive, negative, every, cfg.margin, triplets.clamp(min=1) / share)
             with torch.no_grad():

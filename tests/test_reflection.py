@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from l2r_lib.reflection import (
     IGNORE_INDEX, REPRESENTATIONS, cosine_distance, last_token_repr, pooled_repr, triplet_distances, triplet_loss,
-    weighted_mle_loss, without_end,
+    chunked_mle_loss, weighted_mle_loss, without_end,
 )
 
 
@@ -103,6 +103,28 @@ def test_weight_zero_makes_prompt_logits_irrelevant():
     changed = logits.clone()
     changed[:, :-1][prompt[:, 1:]] += torch.randn(int(prompt[:, 1:].sum()), 11) * 10  # logits predicting prompt tokens
     torch.testing.assert_close(weighted_mle_loss(logits, labels, weights), weighted_mle_loss(changed, labels, weights))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 4096])
+def test_chunked_loss_is_the_weighted_loss_and_its_gradient(chunk_tokens):
+    """From hidden states through an output layer of a 3,000-word vocabulary, in chunks of any size:
+    the same loss and the same gradients (hidden states, output weights and bias) to 1e-5."""
+    torch.manual_seed(0)
+    B, L, H, V = 3, 9, 16, 3000
+    hidden = torch.randn(B, L, H, requires_grad=True)
+    head = torch.nn.Linear(H, V, bias=True)  # GPT-J's lm_head has a bias
+    labels = torch.randint(0, V, (B, L))
+    labels[0, 6:] = IGNORE_INDEX  # padding
+    labels[2, :] = IGNORE_INDEX  # a row with nothing to predict
+    weights = torch.where(torch.arange(L) < 4, 0.1, 1.0).expand(B, L)
+    results = []
+    for loss_fn in (lambda: weighted_mle_loss(head(hidden), labels, weights, 7.0),
+                    lambda: chunked_mle_loss(hidden, head, labels, weights, 7.0, chunk_tokens=chunk_tokens)):
+        loss = loss_fn()
+        results.append((loss, *torch.autograd.grad(loss * 3.0, [hidden, head.weight, head.bias])))
+    for plain, chunked in zip(*results):
+        torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+    assert results[0][1][2].abs().sum() == 0  # no gradient reaches an unpredicted row
 
 
 def test_last_token_repr_any_padding_side():

@@ -13,7 +13,7 @@ import torch
 
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import ExamRecord, TeacherRecord, save_jsonl
-from l2r_lib.reflection import IGNORE_INDEX, REPRESENTATIONS
+from l2r_lib.reflection import IGNORE_INDEX, REPRESENTATIONS, weighted_mle_loss
 from l2r_lib.student import build_tiny_student, load_tokenizer, output_cache
 from l2r_lib.tasks import load_examples
 from l2r_lib.batches import MAX_NEGATIVES, QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
@@ -211,7 +211,7 @@ def test_prompt_cache_gives_one_pass_representations(tokenizer, representation):
                      position_ids=batch["position_ids"], use_cache=True, output_hidden_states=True)
         anchor = represent(full.hidden_states[-1][rows], batch["anchor_span"][rows])
         cached = represent(continuation_hidden(
-            model, prompt_cache(full.cache, P, rows, repeat=2), batch["prompt_attention_mask"][rows].repeat(2, 1),
+            model, prompt_cache(output_cache(full), P, rows, repeat=2), batch["prompt_attention_mask"][rows].repeat(2, 1),
             batch["cont_input_ids"], batch["cont_attention_mask"]), batch["cont_attention_mask"])
         anchor_ids = [feats[i]["target_ids"] for i in rows.tolist()]
         views = anchor_ids + [feats[i]["positive_ids"] for i in rows.tolist()] + [feats[i]["negative_ids"] for i in rows.tolist()]
@@ -290,6 +290,25 @@ def test_gradient_reaches_the_positive_and_negative_views(tmp_path, tokenizer):
                 continue
             grads = torch.autograd.grad(loss, lora, retain_graph=True)
             assert all(g.abs().sum() > 0 for g in grads), name
+
+
+@pytest.mark.floor
+def test_the_trainers_loss_is_the_weighted_loss_of_the_full_logits(tmp_path, tokenizer):
+    """Training's loss, a chunk of logits at a time from the final hidden states, equals
+    ``weighted_mle_loss`` on the model's full (B, L, V) logits, and so do its LoRA gradients (1e-5)."""
+    model = tiny_lora().eval()
+    feats, batch = cache_batch(tokenizer)
+    cfg = TrainConfig(batch_size=4, lora_dropout=0.0)
+    trainer = reflection_trainer(tmp_path, feats, cfg, model)
+    trainer.use_reflection = False
+    lora = [p for n, p in model.named_parameters() if "lora" in n]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits
+    weights = torch.where(batch["prompt_token"], cfg.prompt_weight, 1.0)
+    results = [(loss, *torch.autograd.grad(loss, lora)) for loss in
+               (weighted_mle_loss(logits, batch["labels"], weights), trainer.compute_loss(model, batch))]
+    for plain, chunked in zip(*results):
+        torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
 
 
 # --- training -----------------------------------------------------------------------------------

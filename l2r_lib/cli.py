@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import paths
+from . import paths, run_lock
 from .redaction import redact
 from .tasks import TASKS, get_task, load_examples, split_sizes, task_slug
 
@@ -104,6 +104,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = load_config(params, overrides)
     if args.data_dir:
         os.environ[paths.DATA_DIR_ENV] = str(paths.data_dir(args.data_dir))
+    if args.retry_failed:  # the notebooks' kernels inherit it
+        from .teacher.client import RETRY_FAILED_ENV
+
+        os.environ[RETRY_FAILED_ENV] = "1"
     paths.data_dir(cfg.data_dir)  # a data directory that is named must exist
     _check_student(cfg.student.name)
     # missing data stops the run before any stage (a paid teacher included); only --fallback (the
@@ -163,7 +167,7 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
     if cfg.teacher.feedback_kind in ("replay", "replay+reference"):
         cfg.teacher.feedback_kind = "reference"
     path = (out or paths.results_dir() / cfg.name) / "params.fallback.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    run_lock.hold(path.parent, for_children=True)  # a run folder is written under its lock, this file too
     save_config(cfg, path)
     return path
 
@@ -249,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting of the params, checked like the YAML (repeatable), e.g. train.reflection_weight=0.1")
     r.add_argument("--fallback", action="store_true",
                    help="run a task whose data is unreachable on the built-in synthetic task instead (make reproduce's default)")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="send again the teacher requests the cache records as failed (refused or unusable answers)")
     r.set_defaults(func=cmd_run)
 
     nb = command("notebooks", "copy the four notebooks into a folder (for JupyterLab)")

@@ -90,6 +90,13 @@ class TeacherConfig:
     requests_per_minute: int = 500
     tokens_per_minute: int = 200_000
     max_retries: int = 6  # of an attempt that failed on 429, 408/409, 5xx, the deadline, a lost connection or an unusable answer
+    # (a refusal or content-filter answer: once at most). A request still unanswered after them is recorded as
+    # failed in the cache and its record dropped (not sent again: `l2r run --retry-failed` sends it); a stage
+    # fails when more than this share of its questions have a failed request
+    max_failed_share: float = 0.05
+    # the teacher's SQLite cache; None: <run folder>/teacher_cache.sqlite. Any run may name one file (relative:
+    # to the run folder, e.g. ../teacher_cache.sqlite beside the runs), so a new --out pays only for new prompts
+    cache_path: str | None = None
     timeout_s: float = 60.0  # deadline for a whole request (connect to last byte), however slowly the server answers
     n: int = 1  # samples per prompt; reference writes n distinct equivalent rationales (>= 2: round 1 has triplet rows)
     temperature: float = 0.0
@@ -204,9 +211,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def computation(self) -> "RunConfig":
-        """This config less the settings of the machine rather than of the computation (``student.threads``):
-        a run may go on under other values of those."""
-        return dataclasses.replace(self, student=dataclasses.replace(self.student, threads=None))
+        """This config less the settings of the machine rather than of the computation (``student.threads``,
+        ``teacher.cache_path``, ``teacher.max_failed_share``): a run may go on under other values of those."""
+        return dataclasses.replace(self, student=dataclasses.replace(self.student, threads=None),
+                                   teacher=dataclasses.replace(self.teacher, cache_path=None, max_failed_share=0.0))
 
 
 
@@ -260,7 +268,8 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "teacher.kind": one_of(*TEACHER_KINDS), "teacher.feedback_kind": one_of(*TEACHER_KINDS),
     "teacher.model": NON_EMPTY, "teacher.base_url": URL, "teacher.max_concurrency": above(0),
     "teacher.requests_per_minute": above(0), "teacher.tokens_per_minute": above(0),
-    "teacher.max_retries": at_least(0), "teacher.timeout_s": above(0), "teacher.n": at_least(1),
+    "teacher.max_retries": at_least(0), "teacher.max_failed_share": within(0, 1), "teacher.cache_path": NON_EMPTY,
+    "teacher.timeout_s": above(0), "teacher.n": at_least(1),
     "teacher.temperature": within(0, 2), "teacher.max_tokens": above(0), "teacher.show_gold": ANY,
     "teacher.max_rationales": at_least(1), "teacher.price_per_1k_input": at_least(0),
     "teacher.price_per_1k_output": at_least(0), "teacher.replay_path": NON_EMPTY,

@@ -154,14 +154,19 @@ def plot_error_types(errors: pd.DataFrame, title: str = "Why the student was wro
 
 
 def keep_plot(records):
-    """Kept vs dropped teacher rationales (dropped: the answer disagrees with the gold one)."""
+    """Kept vs dropped teacher rationales (dropped: the answer disagrees with the gold one; failed: no
+    answer after the retries, a refusal say)."""
     import matplotlib.pyplot as plt
 
     kept = sum(r.kept for r in records)
+    failed = sum(r.failed is not None for r in records)
+    parts = [(f"kept {kept}", kept, "tab:green"), (f"dropped {len(records) - kept - failed}", len(records) - kept - failed,
+             "tab:gray")] + ([(f"failed {failed}", failed, "tab:red")] if failed else [])
     fig, ax = plt.subplots(figsize=(4.5, 1.8))
-    ax.barh(["teacher rationales"], [kept], color="tab:green", label=f"kept {kept}")
-    ax.barh(["teacher rationales"], [len(records) - kept], left=[kept], color="tab:gray",
-            label=f"dropped {len(records) - kept}")
+    left = 0
+    for label, n, color in parts:
+        ax.barh(["teacher rationales"], [n], left=[left], color=color, label=label)
+        left += n
     ax.legend(loc="lower right", fontsize=8)
     ax.set(xlabel="rationales")
     fig.tight_layout()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import shutil
 import time
@@ -58,6 +59,20 @@ class Round:
 
     def round_dir(self, k: int) -> Path:
         return self.run_dir / self.method / self.task / f"round-{k}"
+
+    @property
+    def teacher_cache(self) -> Path:
+        """The openai teacher's cache: ``teacher.cache_path`` (relative: to the run folder), else the run folder's own."""
+        path = self.cfg.teacher.cache_path
+        return self.run_dir / Path(path).expanduser() if path else self.run_dir / "teacher_cache.sqlite"
+
+    @property
+    def teacher_scope(self) -> str:
+        """Who asks, as the cache logs usage: ``<method>/<task>/round-<k>``, after the run folder (relative to
+        the cache's) when the cache is shared with other runs."""
+        scope = f"{self.method}/{self.task}/round-{self.round_idx}"
+        run, cache = self.run_dir.resolve(), self.teacher_cache.resolve().parent
+        return scope if run == cache else f"{os.path.relpath(run, cache)}:{scope}"
 
     @property
     def previous_adapter(self) -> Path | None:
@@ -170,7 +185,14 @@ def load_exam(rnd: Round, name: str = "exam_train") -> list[ExamRecord] | None:
     return load_jsonl(ExamRecord, path) if path.is_file() else None
 
 
-def _teacher_job(rnd: Round):
+def _retry_failed(retry_failed: bool | None) -> bool:
+    """None: as ``l2r run --retry-failed`` said (``$L2R_RETRY_FAILED``, which its notebooks inherit)."""
+    from .teacher.client import RETRY_FAILED_ENV
+
+    return os.environ.get(RETRY_FAILED_ENV) == "1" if retry_failed is None else retry_failed
+
+
+def _teacher_job(rnd: Round, retry_failed: bool | None = None):
     """(teacher, questions for rationale prompts, mistakes for feedback prompts) of this round.
 
     Round 1: rationales for the train split. Later rounds, by the method's declaration: the
@@ -179,10 +201,11 @@ def _teacher_job(rnd: Round):
     from .teacher import build_teacher, mistakes_from_exam
 
     t, train, spec = rnd.cfg.teacher, rnd.examples("train"), rnd.spec
-    cache = rnd.run_dir / "teacher_cache.sqlite"  # shared by methods and tasks: a prompt is paid once
-    teacher = build_teacher(t, rnd.task, cache, kind=rnd.teacher_kind, data_dir=rnd.cfg.data_dir,
-                            scope=f"{rnd.method}/{rnd.task}/round-{rnd.round_idx}",  # usage is logged per round
-                            batch_dir=rnd.dir)  # teacher.mode batch: the batch id kept with the round
+    # shared by methods and tasks (and by runs that name one teacher.cache_path): a prompt is paid once
+    teacher = build_teacher(t, rnd.task, rnd.teacher_cache, kind=rnd.teacher_kind, data_dir=rnd.cfg.data_dir,
+                            scope=rnd.teacher_scope,  # usage is logged per run and round
+                            batch_dir=rnd.dir,  # teacher.mode batch: the batch id kept with the round
+                            retry_failed=_retry_failed(retry_failed))
     if rnd.round_idx == 1:
         return teacher, train, []
     mistaken = [r for r in (load_exam(rnd) or []) if not all(r.correct)]
@@ -194,14 +217,17 @@ def _teacher_job(rnd: Round):
     return teacher, [by_id[r.id] for r in mistaken], []
 
 
-def teacher_estimate(rnd: Round) -> dict:
+def teacher_estimate(rnd: Round, retry_failed: bool | None = None) -> dict:
     """The dry run: what this round's teacher calls would cost, sending nothing."""
-    teacher, questions, mistakes = _teacher_job(rnd)
+    teacher, questions, mistakes = _teacher_job(rnd, retry_failed)
     return teacher.estimate(examples=questions, mistakes=mistakes).to_dict()
 
 
-def teacher_prompting(rnd: Round, force: bool = False) -> dict:
-    """02: round 1 (and std-cot): rationales for the train split; later rounds: feedback on mistakes."""
+def teacher_prompting(rnd: Round, force: bool = False, retry_failed: bool | None = None) -> dict:
+    """02: round 1 (and std-cot): rationales for the train split; later rounds: feedback on mistakes.
+    A request without an answer after its retries is a dropped record (``failed_records``); the stage
+    fails when more than ``teacher.max_failed_share`` of its questions have one. ``retry_failed``
+    sends the requests the cache records as failed again (None: ``l2r run --retry-failed``)."""
     from .teacher.data import export_official, keep_stats, save_round
 
     if (done := rnd.cached("02_teacher_prompting", force)) is not None:
@@ -209,7 +235,7 @@ def teacher_prompting(rnd: Round, force: bool = False) -> dict:
     if rnd.round_idx > 1:  # later rounds ask about this round's exam: without it there would be 0 questions
         rnd.require("01_mistake_analysis")
     started = time.perf_counter()
-    teacher, questions, mistakes = _teacher_job(rnd)
+    teacher, questions, mistakes = _teacher_job(rnd, retry_failed)
     records = teacher.feedback(mistakes, rnd.round_idx) if mistakes else teacher.rationales(questions, rnd.round_idx)
     save_round(rnd.dir, rnd.round_idx, records, teacher)
     export_official([r for r in records if r.kept], rnd.dir / "teacher_official.json")
@@ -287,10 +313,12 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
         "accuracy": result.accuracy, "questions": len(result.records),
         "teacher": teacher.get("teacher"), "teacher_requests": teacher.get("usage_requests", 0),
         "teacher_failed_after_response": teacher.get("usage_failed_after_response", 0),
+        "teacher_rejected": teacher.get("usage_rejected", 0),
         "teacher_abandoned": teacher.get("usage_abandoned", 0),
         "teacher_batched": teacher.get("usage_batched", 0),
         "teacher_questions": teacher.get("questions"), "teacher_kept": teacher.get("kept_records"),
         "teacher_dropped": teacher.get("records", 0) - teacher.get("kept_records", 0),
+        "teacher_failed": teacher.get("failed_records", 0),  # of the dropped: no answer after the retries
         "teacher_prompt_tokens": teacher.get("usage_prompt_tokens", 0),
         "teacher_completion_tokens": teacher.get("usage_completion_tokens", 0),
         "teacher_cost_usd": teacher.get("usage_cost_usd", 0.0),

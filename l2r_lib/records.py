@@ -54,6 +54,7 @@ class TeacherRecord:
     teacher: str  # which teacher wrote it: "replay:text-davinci-002", "reference", "openai:<model>"
     student_rationale: str | None = None  # the wrong rationale shown to the teacher (feedback)
     raw: str = ""  # the teacher's full output
+    failed: str | None = None  # no answer after the retries (raw ""): why; the record is dropped like a wrong one
 
 
 def save_jsonl(records: Iterable, path: str | Path) -> Path:

@@ -7,19 +7,23 @@ and host, which the lock file records. ``l2r run`` and a notebook opened by hand
 
 The notebooks that ``l2r run`` executes are its children: it names itself in
 ``$L2R_RUN_LOCK_OWNER`` (which their kernels inherit), and a notebook whose run is held by that
-owner works under the owner's lock instead of taking its own.
+owner works under the owner's lock instead of taking its own, and dies with the owner.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 OWNER_ENV = "L2R_RUN_LOCK_OWNER"  # "<pid>:<lock path>" of the process that holds a run for its notebooks
 
 _held: dict[Path, int] = {}  # lock path -> open descriptor, for the locks this process holds
@@ -62,6 +66,8 @@ def enter(run_dir: str | Path) -> None:
     """A notebook's way in: under the lock of the ``l2r run`` that started it, else its own."""
     path = lock_path(run_dir)
     pid, _, owned = os.environ.get(OWNER_ENV, "").partition(":")
+    if owned == str(path):
+        _end_with(int(pid))
     if owned == str(path) and path not in _held:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -72,6 +78,17 @@ def enter(run_dir: str | Path) -> None:
         finally:
             os.close(fd)  # closing drops a lock taken just now: hold() takes it properly
     hold(run_dir)
+
+
+def _end_with(owner: int) -> None:
+    """A notebook kernel started by ``l2r run`` dies the moment its runner does (Linux's parent-death
+    signal); else ipykernel notices only at its next poll, a second later, and keeps sending teacher
+    requests until then. Its requests in flight are settled as abandoned when the cache is next opened."""
+    if not sys.platform.startswith("linux") or os.getppid() != owner:
+        return  # not the runner's own child (a notebook opened by hand): nothing to follow
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != owner:  # the runner died before the signal was armed
+        os._exit(1)
 
 
 def release(run_dir: str | Path) -> None:

@@ -53,7 +53,7 @@ def share_round1(rnd: Round, donor: str) -> None:
     metrics = json.loads((tmp / "metrics.json").read_text())
     metrics.update(method=rnd.method, shared_from=donor)
     # the donor's row counts what its teacher calls cost: counted again here, the table would bill them twice
-    metrics.update({k: 0 for k in ("teacher_requests", "teacher_failed_after_response", "teacher_abandoned",
+    metrics.update({k: 0 for k in ("teacher_requests", "teacher_failed_after_response", "teacher_rejected", "teacher_abandoned",
                                    "teacher_batched", "teacher_prompt_tokens", "teacher_completion_tokens",
                                    "teacher_cost_usd")})
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -116,7 +116,9 @@ def prepare_run(params: str | Path, out: str | Path | None = None, overrides: di
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         saved = load_config(config_path)
-        if saved.computation() == cfg.computation():  # student.threads may differ: a machine setting
+        if saved.computation() == cfg.computation():  # a machine setting may differ (RunConfig.computation)
+            if saved != cfg:
+                save_config(cfg, config_path)  # the notebooks read config.yaml: the new value takes effect
             return cfg, run_dir
         if not _extends(saved, cfg):
             changed = _changed_keys(saved.to_dict(), cfg.to_dict())

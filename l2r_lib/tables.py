@@ -56,7 +56,7 @@ def by_round_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def teacher_table(metrics: pd.DataFrame) -> pd.DataFrame:
     cols = ["method", "task", "round", "teacher", "teacher_requests", "teacher_failed_after_response",
-            "teacher_abandoned", "teacher_batched", "teacher_kept", "teacher_dropped",
+            "teacher_rejected", "teacher_abandoned", "teacher_batched", "teacher_kept", "teacher_dropped", "teacher_failed",
             "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd"]
     present = [c for c in cols if c in metrics.columns]
     return metrics[present].sort_values(["method", "task", "round"]).reset_index(drop=True)
@@ -279,10 +279,11 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
          f"over test questions (one seed), methods x tasks.{left_out}"),
         ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
         ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round: "
-         "requests answered, failed after a response (rejected: empty, refusal, unparseable) and abandoned "
-         "(sent, no response read: past the deadline, cancelled, connection lost), all of which may be billed; "
-         "of these, sent through the Batch API (billed at its price, teacher.mode batch); "
-         "tokens and cost of every response received."),
+         "requests answered, failed after a response (empty, refusal, content filter, unparseable), rejected "
+         "(an error status: 401, 429, 5xx; usually unbilled) and abandoned (sent, no response read: past the "
+         "deadline, cancelled, connection lost, killed), all of which reached the endpoint; of these, sent through "
+         "the Batch API (billed at its price, teacher.mode batch); rationales kept and dropped (the answer is not "
+         "the gold one, a repeat, or failed: no answer after the retries); tokens and cost of every response received."),
         ("intervals", intervals, "Teacher examples trained on (all rounds); test accuracy (%) after "
          "the last round with a bootstrap 95% interval over test questions (one seed), and the paired differences "
          f"to {', '.join(BASELINES)} on the same questions, with their intervals.{left_out}"),

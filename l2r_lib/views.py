@@ -139,7 +139,7 @@ def _was_sent(rnd: pipeline.Round, messages: list[dict]) -> bool:
     """Is this exact request (sample 0) in the run's teacher cache, i.e. was it sent to the endpoint?"""
     from .teacher.cache import TeacherCache, request_key
 
-    path = rnd.run_dir / "teacher_cache.sqlite"
+    path = rnd.teacher_cache
     if not path.is_file():
         return False
     t = rnd.cfg.teacher
@@ -164,7 +164,9 @@ def teacher_exchange(rnd: pipeline.Round, index: int = 0) -> str:
                else "written from the gold annotation")
         head = (f"{r.teacher} is offline ({how}): nothing was sent. An openai teacher is sent exactly this "
                 f"{r.prompt_kind} prompt")
-    if r.kept:
+    if r.failed:
+        verdict = f"dropped: no answer after the retries ({r.failed})"
+    elif r.kept:
         verdict = "kept: its answer equals the gold answer"
     elif r.answer != r.gold:
         verdict = f"dropped: its answer {r.answer} is not the gold {r.gold}"

@@ -5,8 +5,10 @@ or (no upstream) a fake chat-completions server with a fixed latency.
 random (seeded) with one of: 429, 500, a dropped connection, a delay past the client's timeout,
 or a garbage 200 body. ``script=["empty", None, "401"]`` instead gives the i-th request the i-th
 fault (None: a good answer; after the script, the random faults), from FAULTS and SCRIPTED:
-200s whose content is empty, whitespace or a refusal, a body trickled one byte at a time, and a
-401 whose body echoes the Authorization header (as some endpoints do). It counts what it saw
+200s whose content is empty, whitespace or a refusal, an empty answer with ``finish_reason:
+content_filter`` (Azure's), a body trickled one byte at a time, and a 401 whose body echoes the
+Authorization header (as some endpoints do). ``refuse="text"``: every request whose prompt holds
+that text gets the content filter, every time (a question the endpoint always refuses). It counts what it saw
 (``stats``): requests received, responses passed through intact, faults by kind, each prompt,
 and the usage in the intact responses, which is what a client may count. Connections are kept
 alive until a fault (or the client) closes them.
@@ -26,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 FAULTS = ("429", "500", "drop", "timeout", "garbage")
-SCRIPTED = ("empty", "whitespace", "refusal", "trickle", "401")
+SCRIPTED = ("empty", "whitespace", "refusal", "content_filter", "trickle", "401")
 TRICKLE_BYTES = 40  # a trickled body stops after this many bytes: every test loop is bounded
 
 
@@ -47,10 +49,11 @@ class ProxyStats:
 class FaultProxy:
     def __init__(self, upstream: str | None = None, fault_rate: float = 0.0, seed: int = 0,
                  timeout_delay_s: float = 5.0, latency_s: float = 0.0, faults: tuple[str, ...] = FAULTS,
-                 script: list[str | None] | None = None, trickle_s: float = 0.5):
+                 script: list[str | None] | None = None, trickle_s: float = 0.5, refuse: str | None = None):
         self.upstream = upstream.rstrip("/") if upstream else None
         self.fault_rate, self.timeout_delay_s, self.latency_s, self.faults = fault_rate, timeout_delay_s, latency_s, faults
         self.script, self.trickle_s, self._served = list(script or []), trickle_s, 0
+        self.refuse = refuse
         self.rng = random.Random(seed)
         self.stats = ProxyStats()
         self.port = 0
@@ -118,7 +121,9 @@ class FaultProxy:
         except ValueError:
             pass
         self._served += 1
-        if self._served <= len(self.script):
+        if self.refuse is not None and self.refuse in body.decode("utf-8", "replace"):
+            fault = "content_filter"
+        elif self._served <= len(self.script):
             fault = self.script[self._served - 1]
         else:
             fault = self.rng.choice(self.faults) if self.rng.random() < self.fault_rate else None
@@ -148,6 +153,10 @@ class FaultProxy:
             content = {"empty": "", "whitespace": " \n\t ", "refusal": None}[fault]
             payload = json.loads(fake_completion(request))
             payload["choices"][0]["message"] |= {"content": content, "refusal": "I can't help with that." if content is None else None}
+            await self._write(writer, 200, "application/json", json.dumps(payload).encode())
+        elif fault == "content_filter":
+            payload = json.loads(fake_completion(request))
+            payload["choices"][0] |= {"message": {"role": "assistant", "content": ""}, "finish_reason": "content_filter"}
             await self._write(writer, 200, "application/json", json.dumps(payload).encode())
         elif fault == "401":
             echo = headers.get("authorization", "").removeprefix("Bearer ")

@@ -170,3 +170,17 @@ def test_an_error_message_never_shows_the_key(tmp_path, monkeypatch, capsys):
         main(["tasks"])
     err = capsys.readouterr().err
     assert "my-very-secret" not in err and "sk-abcdefghijklmnop" not in err and err.count("[REDACTED]") == 2
+
+
+def test_fallback_params_are_written_only_under_the_runs_lock(tmp_path):
+    """--fallback on a run folder another process writes: refused in one line, nothing written into it."""
+    from l2r_lib import run_lock
+
+    out = tmp_path / "out"
+    run_lock.hold(out)  # this process plays the other run
+    try:
+        params = _params(tmp_path, TINY.replace("[synthetic]", f"['jsonl:{tmp_path / 'missing.jsonl'}']"))
+        line = _one_error_line(run("run", params, "--fallback", "--out", str(out)))
+    finally:
+        run_lock.release(out)
+    assert f"pid {os.getpid()}" in line and sorted(p.name for p in out.iterdir()) == ["run.lock"]

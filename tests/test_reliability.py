@@ -155,3 +155,99 @@ def test_a_full_disk_is_the_error_reported_not_the_half_written_notebook(tmp_pat
     with pytest.raises(OSError) as caught:
         runner.run_pipeline(params, tmp_path / "run", progress=False)
     assert caught.value.errno == errno.ENOSPC
+
+
+def _until_teacher_done(params: str, run_dir, data_dir, *extra: str) -> dict:
+    """``l2r run`` until its stage 02 is done (then killed: the fake teacher's answers train nothing); its summary."""
+    done = run_dir / "std-cot" / "synthetic" / "round-1" / "02_teacher_prompting.done.json"
+    proc = subprocess.Popen(_cmd(params, run_dir) + list(extra), env=_env(data_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert _wait(done.is_file, proc, 300), proc.stderr.read()[-3000:] if proc.poll() is not None else "timeout"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    return json.loads(done.read_text())
+
+
+def test_a_refused_question_is_dropped_within_max_failed_share_and_sent_again_only_when_asked(tmp_path, data_dir):
+    """Stage 02 with one question the endpoint always refuses: past teacher.max_failed_share it fails in one
+    line, a rerun pays nothing, `--retry-failed` sends it again; within the share the run goes on without it
+    and counts it. A second run folder naming the same teacher.cache_path pays for nothing."""
+    from l2r_lib.tasks import load_examples
+
+    question = load_examples("synthetic", "train")[2].question
+    server = FaultProxy(upstream=None, refuse=question).start()
+    run_dir, params = tmp_path / "run", _params(tmp_path, server.url, max_failed_share=0.0,
+                                                 cache_path="../teacher_cache.sqlite")
+    try:
+        for extra, sent in (([], TRAIN + 1), ([], 0), (["--retry-failed"], 2)):  # a refusal is retried once
+            before = server.stats.received
+            res = subprocess.run(_cmd(params, run_dir) + extra, env=_env(data_dir), capture_output=True, text=True,
+                                 timeout=400)
+            lines = _errors(res.stderr)
+            assert len(lines) == 1 and "1 of 6 questions, more than teacher.max_failed_share=0 allows" in lines[0], res.stderr[-3000:]
+            assert "content_filter" in lines[0] and server.stats.received - before == sent, extra
+        share = ("--set", "teacher.max_failed_share=0.2")
+        for folder in (run_dir, tmp_path / "other"):
+            summary = _until_teacher_done(params, folder, data_dir, *share)
+            assert (summary["failed_records"], summary["questions_failed"], summary["records"]) == (1, 1, TRAIN)
+            assert server.stats.received == TRAIN + 1 + 2  # nothing sent again
+    finally:
+        server.stop()
+    assert (tmp_path / "teacher_cache.sqlite").is_file() and not (run_dir / "teacher_cache.sqlite").exists()
+
+
+def test_the_teacher_table_counts_failed_and_rejected_requests():
+    import pandas as pd
+
+    from l2r_lib.tables import teacher_table
+
+    metrics = pd.DataFrame([{"method": "tailored", "task": "gsm8k", "round": 1, "teacher": "openai:x",
+                             "teacher_requests": 59, "teacher_rejected": 12, "teacher_failed": 1, "teacher_kept": 50,
+                             "teacher_dropped": 10, "accuracy": 0.1}])
+    row = teacher_table(metrics).iloc[0]
+    assert (row["teacher_rejected"], row["teacher_failed"]) == (12, 1)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_run_takes_its_notebook_kernel_with_it(tmp_path, data_dir):
+    """SIGKILL to `l2r run` alone (its kernel is in a process group of its own): the kernel dies at once,
+    not at ipykernel's next poll a second later, and sends no teacher request after its runner died."""
+    server = FaultProxy(upstream=None, latency_s=0.3).start()
+    run = subprocess.Popen(_cmd(_params(tmp_path, server.url, max_concurrency=1), tmp_path / "run"), env=_env(data_dir),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kernels: list[int] = []
+    try:
+        assert _wait(lambda: server.stats.received >= 2, run, 300)
+        kernels = _children(run.pid)
+        assert kernels, "no kernel under the runner"
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+        received = server.stats.received
+        time.sleep(0.2)
+        assert not any(_alive(k) for k in kernels)
+        time.sleep(1.5)
+        assert server.stats.received <= received + 1  # at most the request already on its way
+    finally:
+        for k in kernels:
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
+        server.stop()

@@ -286,3 +286,91 @@ def test_a_damaged_page_is_one_line_and_its_command_recovers_the_answers(fake, t
     subprocess.run(command, shell=True, check=True, timeout=60)
     with TeacherCache(tmp_path / "teacher_cache.sqlite.recovered") as cache:
         assert 0 < len(cache) <= 40
+
+
+def _refuse(question: str) -> FaultProxy:
+    """A fake endpoint whose content filter always stops this question (it must be the only one holding it)."""
+    assert sum(question in ex.question for ex in EXAMPLES) == 1
+    return FaultProxy(upstream=None, refuse=question).start()
+
+
+def test_a_question_always_refused_is_tried_twice_dropped_and_not_sent_again(tmp_path):
+    refused = EXAMPLES[5]
+    server = _refuse(refused.question)
+    try:
+        teacher = _teacher(server.url, tmp_path / "c.sqlite", max_retries=6, scope="s")
+        records = teacher.rationales(EXAMPLES, 1)  # 1 of 60 questions: within max_failed_share 0.05
+        assert server.stats.faults["content_filter"] == 2  # retried once, not max_retries times
+        assert len(records) == len(EXAMPLES) and [r.id for r in records if r.failed] == [refused.id]
+        failed = next(r for r in records if r.failed)
+        assert not failed.kept and failed.raw == "" and "content_filter" in failed.failed and "refused 2 of 2" in failed.failed
+        assert teacher.usage.failed_after_response == 2 and teacher.usage.requests == len(EXAMPLES) - 1
+
+        server.reset()  # a rerun pays for nothing: the answers are cached and the refusal is recorded
+        again = _teacher(server.url, tmp_path / "c.sqlite", scope="s").rationales(EXAMPLES, 1)
+        assert server.stats.received == 0 and [r.id for r in again if r.failed] == [refused.id]
+        assert "recorded as failed" in next(r for r in again if r.failed).failed
+
+        server.refuse = None  # asked to, it sends the recorded failure again; now answered, it is cached
+        cfg = _cfg(server.url)
+        retried = build_teacher(cfg, "synthetic", tmp_path / "c.sqlite", progress=False, retry_failed=True)
+        assert not any(r.failed for r in retried.rationales(EXAMPLES, 1)) and server.stats.received == 1
+        assert _stored(tmp_path / "c.sqlite") == len(EXAMPLES)
+    finally:
+        server.stop()
+
+
+def test_failures_beyond_max_failed_share_fail_the_call_in_one_line(tmp_path):
+    server = _refuse(EXAMPLES[5].question)
+    try:
+        with pytest.raises(TeacherRequestError) as err:
+            _teacher(server.url, tmp_path / "c.sqlite", max_failed_share=0.0).rationales(EXAMPLES, 1)
+    finally:
+        server.stop()
+    msg = str(err.value)
+    assert "\n" not in msg and "1 of 60 questions, more than teacher.max_failed_share=0 allows" in msg
+    assert "content_filter" in msg and "--retry-failed" in msg and _stored(tmp_path / "c.sqlite") == 59
+
+
+def test_error_statuses_are_counted_as_rejected(scripted, tmp_path):
+    server = scripted(["429", "500", None, None])
+    teacher = _teacher(server.url, tmp_path / "c.sqlite", max_retries=3, max_concurrency=1, scope="s")
+    teacher.rationales(EXAMPLES[:2], 1)
+    assert (teacher.usage.requests, teacher.usage.rejected, teacher.usage.retries) == (2, 2, 2)
+    assert teacher.stage_usage().rejected == 2  # logged in the cache, as the tables read it
+
+
+def test_a_kill_leaves_every_sent_request_counted_and_the_answers_in_the_file(tmp_path):
+    """SIGKILL mid-call: requests in flight were logged before they went (abandoned on the next open),
+    and the .sqlite alone, without its -wal, holds all but the last few answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from l2r_lib.teacher.cache import CHECKPOINT_EVERY
+
+    server = FaultProxy(upstream=None, latency_s=0.2).start()
+    cache = tmp_path / "c.sqlite"
+    cmd = [sys.executable, str(REPO / "tests" / "teacher_job.py"), "--base-url", server.url, "--cache", str(cache),
+           "--out", str(tmp_path / "out"), "--limit", "400", "--max-tokens", "16", "--concurrency", "4"]
+    job = subprocess.Popen(cmd, env={**os.environ, "OPENAI_API_KEY": DUMMY_KEY})
+    try:
+        deadline = time.monotonic() + 120
+        while server.stats.ok < 3 * CHECKPOINT_EVERY:
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended or stalled before the kill"
+            time.sleep(0.05)
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+        received = server.stats.received
+    finally:
+        server.stop()
+    shutil.copy(cache, tmp_path / "alone.sqlite")  # what a commit straight after the kill would hold
+    with sqlite3.connect(tmp_path / "alone.sqlite") as db:
+        in_file = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    with TeacherCache(cache) as c:
+        answered, usage = len(c), c.usage("")
+    assert answered - in_file < CHECKPOINT_EVERY and in_file >= 2 * CHECKPOINT_EVERY
+    assert usage["answered"] == answered and received - answered <= usage["abandoned"] <= 4
+    assert usage["abandoned"] >= 1  # 0.2 s a request, 4 at a time: some were in flight

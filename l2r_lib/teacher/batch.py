@@ -67,8 +67,8 @@ class BatchClient(ChatClient):
     via = "batch"  # dry runs at the batch price (failed lines sent live later would cost more)
 
     def __init__(self, cfg: TeacherConfig, cache: TeacherCache, state_path: str | Path, progress: bool = True,
-                 scope: str = ""):
-        super().__init__(cfg, cache, progress=progress, scope=scope)
+                 scope: str = "", retry_failed: bool = False):
+        super().__init__(cfg, cache, progress=progress, scope=scope, retry_failed=retry_failed)
         self.state_path = Path(state_path)
 
     async def _send(self, todo: dict[str, ChatRequest], results: dict[str, ChatResult], usage: Usage,

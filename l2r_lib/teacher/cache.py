@@ -5,14 +5,22 @@ The key is a sha256 of what determines the answer: the endpoint's model name, th
 the sampling parameters (with a sample index, so ``n`` samples are ``n`` keys). The base URL
 and the API key are never part of the key or the row, so nothing secret reaches the disk.
 WAL mode with one commit per response: a run killed at any point keeps every answer it got.
-The WAL is folded into the file when it is opened and at the end of each teacher call
-(``checkpoint``), so the ``.sqlite`` file alone holds every answer.
+The WAL is folded into the file when it is opened, every ``CHECKPOINT_EVERY`` answers and at the
+end of each teacher call (``checkpoint``), so the ``.sqlite`` file alone holds every answer, or
+all but the last few after a kill.
 
 ``attempts`` logs every request that reached the endpoint, by outcome: ``answered`` (stored),
 ``failed_after_response`` (a response the client rejected: empty, a refusal, an unparseable
-body) and ``abandoned`` (sent, but no response read: past the deadline, cancelled, connection
-lost), under a ``scope`` (the pipeline's ``<method>/<task>/round-<k>``), ``via`` the live client or
-the Batch API. Usage read from it survives a stage that fails or a process that is killed.
+body), ``rejected`` (an error status: 401, 429, 5xx, ...; usually unbilled) and ``abandoned``
+(sent, but no response read: past the deadline, cancelled, connection lost), under a ``scope``
+(the pipeline's ``<method>/<task>/round-<k>``), ``via`` the live client or the Batch API. A live
+request is logged as ``sent`` before it goes and settled when it ends; one still ``sent`` when the
+cache is next opened was cut off by a kill and is settled as ``abandoned``. Usage read from it
+survives a stage that fails or a process that is killed.
+
+``failed`` holds the requests still unanswered after their retries (the last error, one line): a
+client does not send them again unless asked (``retry_failed``); an answer stored later removes
+the row.
 """
 
 from __future__ import annotations
@@ -41,15 +49,23 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE TABLE IF NOT EXISTS attempts (
     key TEXT NOT NULL,
     scope TEXT NOT NULL,            -- who asked, e.g. tailored/gsm8k/round-2 ('' outside the pipeline)
-    outcome TEXT NOT NULL,          -- answered | failed_after_response | abandoned
+    outcome TEXT NOT NULL,          -- answered | failed_after_response | rejected | abandoned (sent: in flight)
     prompt_tokens INTEGER NOT NULL, -- as the response reported them (0 when there was none)
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
     created REAL NOT NULL,
     via TEXT NOT NULL DEFAULT 'live' -- live | batch (the Batch API: billed at its own price)
 );
+CREATE TABLE IF NOT EXISTS failed (
+    key TEXT PRIMARY KEY,           -- a request still unanswered after its retries: not sent again unless asked
+    scope TEXT NOT NULL,
+    reason TEXT NOT NULL,           -- the last error, one redacted line
+    created REAL NOT NULL
+);
 """
-OUTCOMES = ("answered", "failed_after_response", "abandoned")
+OUTCOMES = ("answered", "failed_after_response", "rejected", "abandoned")
+SENT = "sent"  # an attempt's outcome while it is in flight
+CHECKPOINT_EVERY = 25  # answers between WAL checkpoints: a kill leaves at most these few in the -wal only
 VIAS = ("live", "batch")
 
 
@@ -116,6 +132,10 @@ class TeacherCache:
             raise _unwritable(self.path, e) from None
         except sqlite3.DatabaseError as e:
             raise _damaged(self.path, str(e)) from None
+        # requests a killed process had in flight: sent, no response read (one still running in another
+        # process that shares this cache settles its row again when it ends)
+        self._db.execute("UPDATE attempts SET outcome = 'abandoned' WHERE outcome = ?", (SENT,))
+        self._puts = 0
         self.checkpoint()  # answers a killed process left in the WAL go into the file
 
     def _create(self) -> None:
@@ -141,9 +161,10 @@ class TeacherCache:
         return CachedResponse(*row) if row else None
 
     def put(self, key: str, model: str, request: dict, response: CachedResponse, scope: str = "",
-            via: str = "live") -> bool:
-        """Store a response and count it as answered, in one transaction; False if the key was
-        already there (the first answer wins; the second was still paid, so it is counted)."""
+            via: str = "live", attempt: int | None = None) -> bool:
+        """Store a response and count it as answered (``attempt``: the row ``sent`` logged), in one
+        transaction; False if the key was already there (the first answer wins; the second was still
+        paid, so it is counted)."""
         with self._db:
             self._db.execute("BEGIN")
             cur = self._db.execute(
@@ -151,9 +172,32 @@ class TeacherCache:
                 (key, model, json.dumps(request, ensure_ascii=False), response.text, response.prompt_tokens,
                  response.completion_tokens, response.cost_usd, response.latency_s, time.time()),
             )
-            self._attempt(key, scope, "answered", response.prompt_tokens, response.completion_tokens,
-                          response.cost_usd, via)
+            self._db.execute("DELETE FROM failed WHERE key = ?", (key,))
+            if attempt is None:
+                self._attempt(key, scope, "answered", response.prompt_tokens, response.completion_tokens,
+                              response.cost_usd, via)
+            else:
+                self.settle(attempt, "answered", response.prompt_tokens, response.completion_tokens, response.cost_usd)
+        self._puts += 1
+        if self._puts % CHECKPOINT_EVERY == 0:
+            self.checkpoint("PASSIVE")  # never waits on another process's readers
         return cur.rowcount == 1
+
+    def sent(self, key: str, scope: str) -> int:
+        """Log a live request as it goes, before a byte is sent; its row id, to ``settle`` it by."""
+        return self._db.execute("INSERT INTO attempts (key, scope, outcome, prompt_tokens, completion_tokens, "
+                                "cost_usd, created) VALUES (?, ?, ?, 0, 0, 0.0, ?)",
+                                (key, scope, SENT, time.time())).lastrowid
+
+    def settle(self, attempt: int, outcome: str | None, prompt_tokens: int = 0, completion_tokens: int = 0,
+               cost_usd: float = 0.0) -> None:
+        """The outcome of a ``sent`` request; None: it never reached the endpoint (no connection), unlogged."""
+        if outcome is None:
+            self._db.execute("DELETE FROM attempts WHERE rowid = ?", (attempt,))
+            return
+        assert outcome in OUTCOMES, outcome
+        self._db.execute("UPDATE attempts SET outcome = ?, prompt_tokens = ?, completion_tokens = ?, cost_usd = ? "
+                         "WHERE rowid = ?", (outcome, prompt_tokens, completion_tokens, cost_usd, attempt))
 
     def record_attempt(self, key: str, scope: str, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0,
                        cost_usd: float = 0.0, via: str = "live") -> None:
@@ -165,6 +209,15 @@ class TeacherCache:
         self._db.execute("INSERT INTO attempts (key, scope, outcome, prompt_tokens, completion_tokens, cost_usd, created, "
                          "via) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (key, scope, outcome, pt, ct, cost, time.time(), via))
 
+    def record_failed(self, key: str, scope: str, reason: str) -> None:
+        """A request still unanswered after its retries: not sent again unless a client is asked to."""
+        self._db.execute("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?)", (key, scope, reason, time.time()))
+
+    def failure(self, key: str) -> str | None:
+        """Why ``key`` was recorded as failed, or None."""
+        row = self._db.execute("SELECT reason FROM failed WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
     def usage(self, scope: str) -> dict:
         """What the endpoint may have billed for ``scope``, over every run: counts by outcome, tokens, cost,
         and how many of those requests went through the Batch API (``batched``)."""
@@ -172,16 +225,16 @@ class TeacherCache:
         rows = self._db.execute("SELECT outcome, via, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
                                 "SUM(cost_usd) FROM attempts WHERE scope = ? GROUP BY outcome, via", (scope,))
         for outcome, via, n, pt, ct, cost in rows:
-            out[outcome] += n
+            out["abandoned" if outcome == SENT else outcome] += n  # sent: in flight in another process, or now
             out["batched"] += n if via == "batch" else 0
             out["prompt_tokens"] += pt or 0
             out["completion_tokens"] += ct or 0
             out["cost_usd"] += cost or 0.0
         return out
 
-    def checkpoint(self) -> None:
-        """Fold the WAL into the file (and empty it), so the ``.sqlite`` alone holds everything."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    def checkpoint(self, mode: str = "TRUNCATE") -> None:
+        """Fold the WAL into the file (TRUNCATE: and empty it), so the ``.sqlite`` alone holds everything."""
+        self._db.execute(f"PRAGMA wal_checkpoint({mode})")
 
     def __contains__(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None

@@ -70,7 +70,8 @@ def filter_records(records: list[TeacherRecord], max_rationales: int) -> list[Te
 
 
 def keep_stats(records: list[TeacherRecord]) -> dict:
-    """Questions answered, questions with >= 1 and >= 2 kept rationales, and the kept share."""
+    """Questions asked, questions with >= 1 and >= 2 kept rationales, the kept share, and the records
+    (and questions) whose request failed after its retries: dropped, counted among the records."""
     per_q: dict[str, int] = defaultdict(int)
     for r in records:
         per_q[r.id] += int(r.kept)
@@ -78,7 +79,8 @@ def keep_stats(records: list[TeacherRecord]) -> dict:
     kept = sum(1 for c in per_q.values() if c >= 1)
     return {"questions": n, "records": len(records), "kept_records": sum(per_q.values()),
             "questions_kept": kept, "questions_with_2_positives": sum(1 for c in per_q.values() if c >= 2),
-            "keep_share": kept / n if n else 0.0}
+            "keep_share": kept / n if n else 0.0, "failed_records": sum(r.failed is not None for r in records),
+            "questions_failed": len({r.id for r in records if r.failed is not None})}
 
 
 def save_round(out_dir: str | Path, round_idx: int, records: list[TeacherRecord], teacher: "Teacher") -> Path:

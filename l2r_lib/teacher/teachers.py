@@ -63,22 +63,36 @@ class Teacher:
 
 class OpenAITeacher(Teacher):
     def __init__(self, cfg: TeacherConfig, task: str, cache_path: str | Path, progress: bool = True, scope: str = "",
-                 batch_dir: str | Path | None = None):
+                 batch_dir: str | Path | None = None, retry_failed: bool = False):
         super().__init__(cfg, task)
         self.name = f"openai:{cfg.model}"
         cache = TeacherCache(cache_path)
         if cfg.mode == "batch":  # the batch's id is kept where the stage writes: a rerun resumes it
             state = Path(batch_dir or Path(cache_path).parent) / STATE_FILE
-            self.client = BatchClient(cfg, cache, state, progress=progress, scope=scope)
+            self.client = BatchClient(cfg, cache, state, progress=progress, scope=scope, retry_failed=retry_failed)
         else:
-            self.client = ChatClient(cfg, cache, progress=progress, scope=scope)
+            self.client = ChatClient(cfg, cache, progress=progress, scope=scope, retry_failed=retry_failed)
+
+    def rationales(self, examples: list[Example], round_idx: int = 1) -> list[TeacherRecord]:
+        return self._with_failures(super().rationales(examples, round_idx))
+
+    def feedback(self, mistakes: list[Mistake], round_idx: int) -> list[TeacherRecord]:
+        return self._with_failures(super().feedback(mistakes, round_idx))
+
+    def _with_failures(self, records: list[TeacherRecord]) -> list[TeacherRecord]:
+        """A request without an answer after its retries is a dropped record saying why (records and
+        ``last_requests`` are both in request order)."""
+        for record, row in zip(records, self.last_requests, strict=True):
+            record.failed = row["failed"]
+        return records
 
     def stage_usage(self) -> Usage:
         logged = self.client.cache.usage(self.client.scope)
         return Usage(requests=logged["answered"], failed_after_response=logged["failed_after_response"],
-                     abandoned=logged["abandoned"], cache_hits=self.usage.cache_hits, retries=self.usage.retries,
-                     prompt_tokens=logged["prompt_tokens"], completion_tokens=logged["completion_tokens"],
-                     batched=logged["batched"], cost_usd=logged["cost_usd"])
+                     rejected=logged["rejected"], abandoned=logged["abandoned"], cache_hits=self.usage.cache_hits,
+                     retries=self.usage.retries, prompt_tokens=logged["prompt_tokens"],
+                     completion_tokens=logged["completion_tokens"], batched=logged["batched"],
+                     cost_usd=logged["cost_usd"])
 
     def _rationale_requests(self, examples: list[Example]) -> list[ChatRequest]:
         return [ChatRequest(rationale_messages(ex.question, self.kind), s) for ex in examples for s in range(self.cfg.n)]
@@ -92,14 +106,14 @@ class OpenAITeacher(Teacher):
         return self.client.estimate(self._rationale_requests(list(examples)) + self._feedback_requests(list(mistakes)))
 
     def _ask(self, requests: list[ChatRequest], owners: list[Example], desc: str) -> list[str]:
-        results, usage = self.client.complete(requests, desc=desc)
+        results, usage = self.client.complete(requests, desc=desc, groups=[ex.id for ex in owners])
         rows, paid = [], set()
         for ex, req, res in zip(owners, requests, results):
             cached = res.cached or res.key in paid  # a repeated request in one batch is sent once
             paid.add(res.key)
             rows.append({"id": ex.id, "sample": req.sample_idx, "key": res.key, "cached": cached,
                          "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-                         "cost_usd": 0.0 if cached else res.cost_usd})
+                         "cost_usd": 0.0 if cached else res.cost_usd, "failed": res.failed})
         self._record_usage(usage, rows)
         return [r.text for r in results]
 
@@ -331,13 +345,15 @@ def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:
 
 def build_teacher(cfg: TeacherConfig, task: str, cache_path: str | Path, kind: str | None = None,
                   data_dir: str | Path | None = None, progress: bool = True, scope: str = "",
-                  batch_dir: str | Path | None = None) -> Teacher:
+                  batch_dir: str | Path | None = None, retry_failed: bool = False) -> Teacher:
     """The teacher of ``kind`` (default ``cfg.kind``); ``cache_path`` is the openai kind's SQLite file,
     where its usage is logged under ``scope``; ``batch_dir`` keeps its batch state (``teacher.mode:
-    batch``; default: the cache's folder)."""
+    batch``; default: the cache's folder); ``retry_failed`` sends the requests the cache records as
+    failed again."""
     kind = kind or cfg.kind
     if kind == "openai":
-        return OpenAITeacher(cfg, task, cache_path, progress=progress, scope=scope, batch_dir=batch_dir)
+        return OpenAITeacher(cfg, task, cache_path, progress=progress, scope=scope, batch_dir=batch_dir,
+                             retry_failed=retry_failed)
     if kind == "replay":
         return ReplayTeacher(cfg, task, data_dir)
     if kind == "reference":

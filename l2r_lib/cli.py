@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import paths, run_lock
 from .redaction import redact
-from .tasks import TASKS, get_task, load_examples, split_sizes, task_slug
+from .tasks import TASKS, get_task, load_examples, split_sizes, task_slug, unreachable
 
 FALLBACK_TASK = "synthetic"
 DEBUG_ENV = "L2R_DEBUG"
@@ -43,17 +43,6 @@ def cmd_tasks(args: argparse.Namespace) -> None:
             train, test = "-", "-"
         lines.append(f"{name:<{w}}{spec.answer_kind:<8}{train:>7}{test:>7}  {spec.description}")
     print("\n".join(lines))
-
-
-def unreachable(task: str, data_dir: str | None) -> str | None:
-    """Why ``task``'s data cannot be read (what was tried and the fix), or None when it can."""
-    try:
-        load_examples(task, "test", data_dir)
-        return None
-    except (FileNotFoundError, RuntimeError) as e:
-        fix = ("check the path in tasks: jsonl:PATH" if task.startswith("jsonl:") else
-               f"set ${paths.DATA_DIR_ENV} or --data-dir to a folder holding {task}'s data (the layout of ../shared/data)")
-        return f"task {task!r}: its data is not reachable ({e}); {fix}"
 
 
 def reachable_task(task: str, data_dir: str | None, why: str | None = None) -> str:

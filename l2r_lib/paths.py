@@ -81,3 +81,14 @@ def cache_dir() -> Path:
     path = Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "l2r").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as l2r prints it, never the machine's: relative to the working folder when inside it, else
+    from the results folder by its name (``results/default/tailored/...``), else relative to the working folder."""
+    path, cwd, results = Path(path).resolve(), Path.cwd().resolve(), results_dir().resolve()
+    if path.is_relative_to(cwd):
+        return str(path.relative_to(cwd))
+    if path.is_relative_to(results):
+        return str(Path(results.name) / path.relative_to(results))
+    return os.path.relpath(path, cwd)

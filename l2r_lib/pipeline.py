@@ -19,7 +19,8 @@ from . import paths, run_lock
 from .config import RunConfig, load_config
 from .methods import Method, get_method
 from .records import ExamRecord, TeacherRecord, load_jsonl
-from .tasks import Example, load_examples
+from .summaries import Summary, upgrade
+from .tasks import Example, load_examples, unreachable
 
 NOTEBOOKS = ("01_mistake_analysis", "02_teacher_prompting", "03_round_training", "04_evaluation")
 
@@ -39,19 +40,36 @@ class Round:
              run_dir: str | Path | None = None, overrides: dict | None = None) -> "Round":
         """The round as a notebook sees it (``run_dir`` None: ``results/<name>``, prepared if new;
         ``overrides``: dotted keys over the params, checked like the YAML, e.g. ``{"train.reflection_weight": 0.1}``).
-        Opened by hand, the notebook's kernel holds the run's lock until it shuts down."""
+        Opened by hand, the notebook's kernel holds the run's lock until it shuts down. A failed start leaves
+        nothing behind: a method or task the params lack, or a new run's task whose data cannot be read,
+        stops before the run folder is made, and a run folder made here that could not be prepared is removed."""
         from .runner import prepare_run
 
-        name = load_config(params, overrides).name
-        run_lock.enter(Path(run_dir) if run_dir else paths.results_dir() / name)
-        cfg, run_dir = prepare_run(params, run_dir, overrides, fix="pass another run_dir (or change name)")
+        cfg = load_config(params, overrides)
         if method not in cfg.methods or task not in cfg.tasks:
             raise ValueError(f"method {method!r} / task {task!r} not in {params} (methods {cfg.methods}, tasks {cfg.tasks})")
-        return cls(cfg, run_dir, method, task, int(round_idx))
+        folder = Path(run_dir) if run_dir else paths.results_dir() / cfg.name
+        if not (folder / "config.yaml").is_file() and (why := unreachable(task, cfg.data_dir)):
+            raise FileNotFoundError(f"{why}; no run folder was made")
+        made = not folder.exists()
+        try:
+            run_lock.enter(folder)
+            cfg, folder = prepare_run(params, folder, overrides, fix="pass another run_dir (or change name)")
+        except BaseException:
+            if made:  # a half-made run folder would look like a run that has started
+                run_lock.release(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return cls(cfg, folder, method, task, int(round_idx))
 
     @property
     def dir(self) -> Path:
         return self.run_dir / self.method / self.task / f"round-{self.round_idx}"
+
+    @property
+    def shown_dir(self) -> str:
+        """The round's folder as printed: relative to the working folder or the results folder (``paths.shown``)."""
+        return paths.shown(self.dir)
 
     @property
     def where(self) -> str:
@@ -109,8 +127,9 @@ class Round:
     def is_done(self, stage: str) -> bool:
         return (self.dir / f"{stage}.done.json").is_file()
 
-    def summary(self, stage: str) -> dict:
-        return json.loads((self.dir / f"{stage}.done.json").read_text())
+    def summary(self, stage: str) -> Summary:
+        """The saved summary of a finished stage (an older l2r's under today's key names), shown rounded."""
+        return upgrade(stage, json.loads((self.dir / f"{stage}.done.json").read_text()))
 
     def cached(self, stage: str, force: bool = False) -> dict | None:
         """The saved summary of a finished stage, said aloud; None when the stage is to run.
@@ -130,8 +149,9 @@ class Round:
         if not Round(self.cfg, self.run_dir, self.method, self.task, k).is_done(stage):
             raise MissingInput(f"{self.where} needs what {stage} of round {k} writes: run {stage} for round {k} first")
 
-    def mark_done(self, stage: str, summary: dict, started: float) -> dict:
-        summary = summary | {"seconds": round(time.perf_counter() - started, 1)}
+    def mark_done(self, stage: str, summary: dict, started: float) -> Summary:
+        """Save the stage's summary in full precision; returned, it shows rounded."""
+        summary = Summary(summary | {"seconds": round(time.perf_counter() - started, 1)})
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / f"{stage}.done.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -175,9 +195,12 @@ def mistake_analysis(rnd: Round, force: bool = False) -> dict:
     export_official_mistakes(result.records, rnd.dir / "mistakes_official.json")
     errors = error_table(result.records, rnd.task)
     errors.to_csv(rnd.dir / "error_types.csv", index=False)
-    # the questions the teacher is asked about: any wrong sample (``mistakes`` counts the first sample's)
-    mistaken = sum(not all(r.correct) for r in result.records)
-    return rnd.mark_done("01_mistake_analysis", {**result.summary(), "mistaken_questions": mistaken}, started)
+    exam = result.summary()  # accuracy and its count of wrong answers: the first sample's
+    summary = {"questions": exam["questions"], "accuracy": exam["accuracy"], "first_sample_wrong": exam["mistakes"],
+               # the questions the teacher is asked about (M): any wrong sample
+               "mistaken_questions": sum(not all(r.correct) for r in result.records),
+               **{k: exam[k] for k in ("generated_tokens", "tokens_per_s")}}
+    return rnd.mark_done("01_mistake_analysis", summary, started)
 
 
 def load_exam(rnd: Round, name: str = "exam_train") -> list[ExamRecord] | None:
@@ -220,7 +243,7 @@ def _teacher_job(rnd: Round, retry_failed: bool | None = None):
 def teacher_estimate(rnd: Round, retry_failed: bool | None = None) -> dict:
     """The dry run: what this round's teacher calls would cost, sending nothing."""
     teacher, questions, mistakes = _teacher_job(rnd, retry_failed)
-    return teacher.estimate(examples=questions, mistakes=mistakes).to_dict()
+    return Summary(teacher.estimate(examples=questions, mistakes=mistakes).to_dict())
 
 
 def teacher_prompting(rnd: Round, force: bool = False, retry_failed: bool | None = None) -> dict:
@@ -274,7 +297,7 @@ def round_training(rnd: Round, force: bool = False) -> dict:
     records = teacher_records(rnd)
     if not any(r.round_idx == rnd.round_idx for r in records):
         if rnd.previous_adapter is None:
-            raise RuntimeError(f"{rnd.dir}: no kept teacher rationales to train on; see 02_teacher_prompting")
+            raise RuntimeError(f"{rnd.shown_dir}: no kept teacher rationales to train on; see 02_teacher_prompting")
         # Nothing new to learn (no mistakes, or every feedback dropped): the student stays as it was.
         shutil.copytree(rnd.previous_adapter, rnd.dir / "adapter", dirs_exist_ok=True)
         return rnd.mark_done("03_round_training", {"steps": 0, "records": 0, "skipped": "no kept teacher data"}, started)
@@ -330,7 +353,10 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
     if donor := exam.get("shared_from"):  # the exam ran once, in the donor
         metrics["shared_from"] = f"{donor} (01_mistake_analysis)"
     (rnd.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return rnd.mark_done("04_evaluation", {"accuracy": result.accuracy, **result.summary()}, started)
+    exam = result.summary()
+    summary = {"questions": exam["questions"], "accuracy": exam["accuracy"], "wrong": exam["mistakes"],
+               **{k: exam[k] for k in ("generated_tokens", "tokens_per_s")}}
+    return rnd.mark_done("04_evaluation", summary, started)
 
 
 def fixed_and_broken(rnd: Round) -> tuple[list[ExamRecord], list[ExamRecord]]:

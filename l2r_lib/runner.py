@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -245,6 +247,7 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                             parameters={"params": "config.yaml", "run_dir": ".", "method": method, "task": task,
                                         "round_idx": k},
                             kernel_name="python3", progress_bar=False, cwd=str(run_dir),
+                            kernel_manager_class=ipc_kernel_manager(),  # no "running over TCP" warning a notebook
                             **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}),
                         )
                     except pm.PapermillExecutionError as e:
@@ -259,6 +262,38 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
                                 raise        # cannot be read back, and that is not what went wrong
     write_tables(run_dir)
     return run_dir
+
+
+def ipc_kernel_manager() -> type:
+    """The kernel manager ``l2r run`` gives papermill: its kernels talk over Unix sockets (IPC transport) in
+    Jupyter's runtime folder (mode 0700) rather than TCP on localhost, so no other user of the machine can
+    connect to them, and ipykernel (>= 7.4) has no "Kernel is running over TCP without encryption" warning
+    to print at each notebook's start. The sockets are removed with the kernel."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
+
+    class IpcKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        @default("connection_file")  # the sockets are named after it: absolute, so not in the run folder (the cwd)
+        def _default_connection_file(self) -> str:
+            folder = Path(jupyter_runtime_dir())
+            if len(str(folder)) > 64:  # a socket's path has at most ~104 bytes (the ip, "-ipc-<port>" after it)
+                folder = Path(tempfile.gettempdir())
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return os.path.join(folder, f"kernel-l2r-{uuid.uuid4().hex[:12]}.json")
+
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts every kernel it shuts down; papermill shuts one down when its notebook
+            # has ended, idle, where the SIGINT only makes ipykernel log "KeyboardInterrupt caught in kernel"
+            # (a busy one is killed after shutdown_wait_time all the same)
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return IpcKernelManager
 
 
 def scrub_notebook(path: Path, run_dir: Path) -> None:

@@ -56,7 +56,8 @@ def by_round_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def teacher_table(metrics: pd.DataFrame) -> pd.DataFrame:
     cols = ["method", "task", "round", "teacher", "teacher_requests", "teacher_failed_after_response",
-            "teacher_rejected", "teacher_abandoned", "teacher_batched", "teacher_kept", "teacher_dropped", "teacher_failed",
+            "teacher_rejected", "teacher_abandoned", "teacher_batched", "teacher_questions", "teacher_kept", "teacher_dropped",
+            "teacher_failed",
             "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd"]
     present = [c for c in cols if c in metrics.columns]
     return metrics[present].sort_values(["method", "task", "round"]).reset_index(drop=True)
@@ -278,12 +279,15 @@ def write_tables(run_dir: str | Path) -> dict[str, Path]:
         ("paper", paper_table(intervals), "Test accuracy (%) after the last round with a bootstrap 95% interval "
          f"over test questions (one seed), methods x tasks.{left_out}"),
         ("accuracy_by_round", by_round_table(metrics).reset_index(), "Test accuracy (%) after each round."),
-        ("teacher", teacher_table(metrics), "Teacher rationales, requests, tokens and cost per round: "
-         "requests answered, failed after a response (empty, refusal, content filter, unparseable), rejected "
-         "(an error status: 401, 429, 5xx; usually unbilled) and abandoned (sent, no response read: past the "
-         "deadline, cancelled, connection lost, killed), all of which reached the endpoint; of these, sent through "
-         "the Batch API (billed at its price, teacher.mode batch); rationales kept and dropped (the answer is not "
-         "the gold one, a repeat, or failed: no answer after the retries); tokens and cost of every response received."),
+        ("teacher", teacher_table(metrics), "The teacher per round. Requests, all of which reached the endpoint: "
+         "teacher_requests answered; teacher_failed_after_response answered but unusable (empty, refusal, content "
+         "filter, unparseable); teacher_rejected refused with an error status (401, 429, 5xx; usually unbilled); "
+         "teacher_abandoned sent with no response read (past the deadline, cancelled, connection lost, killed); "
+         "teacher_batched: of these, those sent through the Batch API (billed at its price, teacher.mode batch). "
+         "Rationales: teacher_questions the questions asked about; teacher_kept and teacher_dropped the rationales "
+         "(records, up to teacher.n a question) kept and dropped, which add up to those received (dropped: the answer "
+         "is not the gold one, a repeat, or failed); teacher_failed: of the dropped, those with no answer after the "
+         "retries. Tokens and cost: of every response received."),
         ("intervals", intervals, "Teacher examples trained on (all rounds); test accuracy (%) after "
          "the last round with a bootstrap 95% interval over test questions (one seed), and the paired differences "
          f"to {', '.join(BASELINES)} on the same questions, with their intervals.{left_out}"),

@@ -88,6 +88,17 @@ def load_examples(task: str, split: str, data_dir: str | Path | None = None) -> 
     return [examples[i] for i in indices]
 
 
+def unreachable(task: str, data_dir: str | Path | None = None) -> str | None:
+    """Why ``task``'s data cannot be read (what was tried and the fix), or None when it can."""
+    try:
+        load_examples(task, "test", data_dir)
+        return None
+    except (FileNotFoundError, RuntimeError) as e:
+        fix = ("check the path in tasks: jsonl:PATH" if task.startswith("jsonl:") else
+               f"set ${paths.DATA_DIR_ENV} or --data-dir to a folder holding {task}'s data (the layout of ../shared/data)")
+        return f"task {task!r}: its data is not reachable ({e}); {fix}"
+
+
 def split_sizes(task: str, data_dir: str | Path | None = None) -> dict[str, int]:
     return {s: len(load_examples(task, s, data_dir)) for s in SPLITS}
 

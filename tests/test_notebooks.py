@@ -29,6 +29,7 @@ def tiny(tmp_path_factory) -> Path:
     done = subprocess.run([sys.executable, "-m", "l2r_lib.cli", "run", str(REPO / "params" / "tiny.yaml"),
                            "--out", str(run_dir), *sets], capture_output=True, text=True, env=env, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir.parent / "l2r-run.log").write_text(done.stdout + done.stderr)  # beside the run: what the user saw
     return run_dir
 
 
@@ -99,77 +100,52 @@ def test_a_method_without_exam_or_triplets_says_so_in_one_line(tiny):
 
 
 def test_papermill_on_a_finished_round_says_each_stage_returns_its_saved_summary(tiny, tmp_path):
+    """By hand, as the README says: the round's folder is printed relative to the working folder, never the machine's."""
     import papermill as pm
 
+    shown = os.path.relpath(tiny / "tailored" / "synthetic" / "round-2", tmp_path)
     for name in NOTEBOOKS:
         nb = pm.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                                  parameters={"params": str(tiny / "config.yaml"), "run_dir": str(tiny),
                                              "method": "tailored", "task": "synthetic", "round_idx": 2},
                                  kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
-        out = story(nb)
-        assert f"{name} of tailored/synthetic/round-2 has run: its saved summary" in "".join(out.values())
+        out = "".join(story(nb).values())
+        assert f"{name} of tailored/synthetic/round-2 has run: its saved summary" in out
+        assert f"tailored / synthetic / round 2 -> {shown}\n" in out and str(tmp_path.parent.parent) not in out
 
 
-def test_jupyterlab_style_with_the_default_parameters(tiny, monkeypatch):
-    """No papermill injection. The one change to each notebook: the parameters cell's defaults name the
-    default study (SmolLM2 on MultiArith, minutes a stage), so its ``params`` and ``task`` lines point
-    at the tiny run instead; ``run_dir`` stays None and ``$L2R_RESULTS`` leads it to the run."""
-    from nbclient import NotebookClient
-
-    monkeypatch.setenv("L2R_RESULTS", str(tiny.parent))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    for name in NOTEBOOKS:
-        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        source = re.sub(r"^params = .*$", f"params = {str(tiny / 'config.yaml')!r}", cell.source, flags=re.M)
-        cell.source = re.sub(r"^task = .*$", 'task = "synthetic"', source, flags=re.M)
-        assert cell.source.count("\n") == nbformat.read(REPO / "notebooks" / f"{name}.ipynb", 4).cells[
-            nb.cells.index(cell)].source.count("\n")  # two lines replaced, nothing added
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-        out = story(nb)
-        assert "tailored / synthetic / round 1" in "".join(out.values())
+def test_l2r_run_prints_no_kernel_warning(tiny):
+    """The kernels ``l2r run`` starts use IPC, so ipykernel has no unencrypted-TCP warning to print for each."""
+    log = (tiny.parent / "l2r-run.log").read_text()
+    assert "[l2r] tailored / synthetic / round 1: 01_mistake_analysis" in log
+    assert "without encryption" not in log and "IPKernelApp" not in log, log[:2000]
 
 
-def test_the_triplet_distances_shown_are_those_training_computes(tiny):
-    """``views.triplet_distances`` (one plain forward a view) equals the trainer's way to the same numbers:
-    the anchor's prompt cache continued by the positive and the negative, for every representation."""
-    import torch
+def test_stage_summaries_are_shown_rounded_and_name_what_they_count(tiny):
+    """The summaries the notebooks display: counts under names that say what they count, numbers rounded
+    (three significant digits); the saved done.json keeps full precision."""
+    import json
 
-    from l2r_lib import pipeline, views
-    from l2r_lib.config import load_config
-    from l2r_lib.reflection import REPRESENTATIONS, cosine_distance
-    from l2r_lib.batches import ReflectionCollator
-    from l2r_lib.student import output_cache
-    from l2r_lib.training import continuation_hidden, prompt_cache
+    from l2r_lib.summaries import shown as rounded
 
-    rnd = pipeline.Round(load_config(tiny / "config.yaml"), tiny, "tailored", "synthetic", 2)
-    model, tokenizer = rnd.student(rnd.dir / "adapter")
-    row = views.first_triplet_row(rnd, tokenizer)
-    batch = ReflectionCollator(tokenizer.pad_token_id)([row])
-    P = batch["prompt_attention_mask"].size(1)
-    view_rows = batch["triplet_rows"].repeat(2)
-    with torch.no_grad():
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=batch["position_ids"], use_cache=True, output_hidden_states=True)
-        hidden = continuation_hidden(model, prompt_cache(output_cache(out), P, view_rows), batch["prompt_attention_mask"][view_rows],
-                                     batch["cont_input_ids"], batch["cont_attention_mask"])
-    for name, represent in REPRESENTATIONS.items():
-        anchor = represent(out.hidden_states[-1], batch["anchor_span"])
-        positive, negative = represent(hidden, batch["cont_attention_mask"]).chunk(2)
-        expected = (float(cosine_distance(anchor, positive)), float(cosine_distance(anchor, negative)))
-        assert views.triplet_distances(model, row, name) == pytest.approx(expected, abs=1e-4), name
+    def shown(name: str, call: str) -> str:  # the value the cell displays (not the progress it prints)
+        cell = next(c for c in executed(tiny, "tailored", 2, name).cells if c.cell_type == "code" and call in c.source)
+        text = "".join(o.data["text/plain"] for o in cell.outputs if o.output_type == "execute_result")
+        numbers = [float(x) for x in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", text)]
+        assert numbers and all(x == rounded(x) for x in numbers), text  # 0.136, not 0.1357142857142857
+        return text
 
+    def saved(name: str) -> dict:
+        return json.loads((tiny / "tailored" / "synthetic" / "round-2" / f"{name}.done.json").read_text())
 
-def test_without_the_adapters_the_triplet_example_says_so(tiny, tmp_path):
-    """A clone of committed results has no adapters: notebook 03's example says so instead of failing."""
-    import shutil
-
-    from l2r_lib import pipeline, views
-    from l2r_lib.config import load_config
-
-    clone = tmp_path / "tiny"
-    shutil.copytree(tiny, clone, ignore=shutil.ignore_patterns("adapter", "checkpoints"))
-    rnd = pipeline.Round(load_config(clone / "config.yaml"), clone, "tailored", "synthetic", 2)
-    assert views.triplet_example(rnd) == ("round-1's adapter is not here (adapters are not committed; `l2r run` "
-                                          "trains it again from the saved data): no distances to show.")
+    exam = shown("01_mistake_analysis", "pipeline.mistake_analysis(rnd)")
+    assert "'first_sample_wrong'" in exam and "'mistaken_questions'" in exam and "'mistakes'" not in exam
+    s = saved("01_mistake_analysis")
+    assert s["first_sample_wrong"] == round(s["questions"] * (1 - s["accuracy"]))
+    assert s["first_sample_wrong"] <= s["mistaken_questions"] <= s["questions"]
+    assert "'keep_share'" in shown("02_teacher_prompting", "pipeline.teacher_prompting(rnd)")
+    s = saved("02_teacher_prompting")
+    assert s["keep_share"] == s["kept_records"] / s["records"]
+    assert s["questions_kept_share"] == s["questions_kept"] / s["questions"]
+    assert "'d_pos_first'" in shown("03_round_training", "pipeline.round_training(rnd)")
+    assert "wrong" in saved("04_evaluation")

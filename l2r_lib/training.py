@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -41,11 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 import yaml
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
 from .checkpoints import last_complete_checkpoint
@@ -69,15 +72,64 @@ CHECKPOINTING = next(n for n in ("activation_checkpointing", "gradient_checkpoin
 
 # --- the prompt cache -------------------------------------------------------------------------
 
-def prompt_cache(cache: DynamicCache, width: int, rows: torch.Tensor, repeat: int = 1) -> DynamicCache:
-    """A fresh, gradient-free cache of the first ``width`` positions of ``rows``, tiled ``repeat``
-    times along the batch (forward mutates a cache in place, so every use gets its own)."""
+class PrefixCache(DynamicCache):
+    """A prompt's keys/values that views continue from, read and never written: each layer attends
+    to the prefix and its own new keys/values, as a ``DynamicCache`` would, but the cache is left
+    as it was, so a checkpointed layer that replays its forward in the backward pass sees the same."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+
+def prompt_cache(cache: DynamicCache, width: int, rows: torch.Tensor, repeat: int = 1) -> PrefixCache:
+    """A gradient-free cache of the first ``width`` positions of ``rows``, tiled ``repeat`` times
+    along the batch (read-only: ``PrefixCache``)."""
     layers = []
     for layer in cache.layers:
         k = layer.keys[rows, :, :width].detach()  # (K, kv_heads, P, head_dim)
         v = layer.values[rows, :, :width].detach()
         layers.append((k.repeat(repeat, 1, 1, 1), v.repeat(repeat, 1, 1, 1)))
-    return DynamicCache(layers)
+    return PrefixCache(layers)
+
+
+def _checkpointed(layer: torch.nn.Module, forward, *args, **kwargs):
+    """``layer``'s ``forward`` under torch's checkpoint, transformers' own checkpointing off in the
+    forward and in its replay (which runs in the backward pass, after ``checkpointing_with_cache``)."""
+    def run(*a, **kw):
+        on, layer.gradient_checkpointing = layer.gradient_checkpointing, False
+        try:
+            return forward(*a, **kw)
+        finally:
+            layer.gradient_checkpointing = on
+
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+
+@contextlib.contextmanager
+def checkpointing_with_cache(model: torch.nn.Module):
+    """Gradient checkpointing that keeps a cache, for the prompt encoding and the views.
+
+    transformers' checkpointing drops every cache in training mode (``use_cache`` off, the layers'
+    cache argument set to None: views would lose their prompt, and fail on the mask's width), so
+    its flags are turned off here and each checkpointed layer is wrapped in ``torch``'s checkpoint
+    instead, the cache passed through (a ``PrefixCache``: the replay sees what the forward saw).
+    Without gradient checkpointing this does nothing."""
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    layers = [m for m in flagged if isinstance(m, GradientCheckpointingLayer)]
+    for m in flagged:
+        m.gradient_checkpointing = False
+    for layer in layers:
+        layer.forward = functools.partial(_checkpointed, layer, layer.forward)  # an instance attribute, removed below
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+        for m in flagged:
+            m.gradient_checkpointing = True
 
 
 def continuation_hidden(
@@ -189,14 +241,15 @@ class ReflectionTrainer(Trainer):
             # shards are gathered by their wrapper, so the views go through it (one forward per view group)
             anchor = REPRESENTATIONS[cfg.representation](out.hidden_states[-1][rows], inputs["anchor_span"][rows])  # (K, H)
             cache = output_cache(out)
-            if cache is None:  # gradient checkpointing turns the anchor's cache off
-                P = inputs["prompt_attention_mask"].size(1)
-                with torch.no_grad():
-                    cache = output_cache(base(
-                        input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
-                        position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
-                    ))
-            positive, negative = self.view_representations(base, inputs, cache).chunk(2)
+            with checkpointing_with_cache(base):
+                if cache is None:  # gradient checkpointing turns the anchor's cache off
+                    P = inputs["prompt_attention_mask"].size(1)
+                    with torch.no_grad():
+                        cache = output_cache(base(
+                            input_ids=inputs["input_ids"][:, :P], attention_mask=inputs["prompt_attention_mask"],
+                            position_ids=inputs["position_ids"][:, :P], use_cache=True, logits_to_keep=1,
+                        ))
+                positive, negative = self.view_representations(base, inputs, cache).chunk(2)
             every = torch.ones_like(rows, dtype=torch.bool)
             triplet = triplet_loss(anchor, positive, negative, every, cfg.margin, triplets.clamp(min=1) / share)
             with torch.no_grad():

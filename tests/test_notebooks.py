@@ -149,3 +149,68 @@ def test_stage_summaries_are_shown_rounded_and_name_what_they_count(tiny):
     assert s["questions_kept_share"] == s["questions_kept"] / s["questions"]
     assert "'d_pos_first'" in shown("03_round_training", "pipeline.round_training(rnd)")
     assert "wrong" in saved("04_evaluation")
+
+
+def test_jupyterlab_style_with_the_default_parameters(tiny, monkeypatch):
+    """No papermill injection. The one change to each notebook: the parameters cell's defaults name the
+    default study (SmolLM2 on MultiArith, minutes a stage), so its ``params`` and ``task`` lines point
+    at the tiny run instead; ``run_dir`` stays None and ``$L2R_RESULTS`` leads it to the run."""
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("L2R_RESULTS", str(tiny.parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    for name in NOTEBOOKS:
+        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        source = re.sub(r"^params = .*$", f"params = {str(tiny / 'config.yaml')!r}", cell.source, flags=re.M)
+        cell.source = re.sub(r"^task = .*$", 'task = "synthetic"', source, flags=re.M)
+        assert cell.source.count("\n") == nbformat.read(REPO / "notebooks" / f"{name}.ipynb", 4).cells[
+            nb.cells.index(cell)].source.count("\n")  # two lines replaced, nothing added
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+        out = story(nb)
+        assert "tailored / synthetic / round 1" in "".join(out.values())
+
+
+def test_the_triplet_distances_shown_are_those_training_computes(tiny):
+    """``views.triplet_distances`` (one plain forward a view) equals the trainer's way to the same numbers:
+    the anchor's prompt cache continued by the positive and the negative, for every representation."""
+    import torch
+
+    from l2r_lib import pipeline, views
+    from l2r_lib.config import load_config
+    from l2r_lib.reflection import REPRESENTATIONS, cosine_distance
+    from l2r_lib.batches import ReflectionCollator
+    from l2r_lib.student import output_cache
+    from l2r_lib.training import continuation_hidden, prompt_cache
+
+    rnd = pipeline.Round(load_config(tiny / "config.yaml"), tiny, "tailored", "synthetic", 2)
+    model, tokenizer = rnd.student(rnd.dir / "adapter")
+    row = views.first_triplet_row(rnd, tokenizer)
+    batch = ReflectionCollator(tokenizer.pad_token_id)([row])
+    P = batch["prompt_attention_mask"].size(1)
+    view_rows = batch["triplet_rows"].repeat(2)
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], use_cache=True, output_hidden_states=True)
+        hidden = continuation_hidden(model, prompt_cache(output_cache(out), P, view_rows), batch["prompt_attention_mask"][view_rows],
+                                     batch["cont_input_ids"], batch["cont_attention_mask"])
+    for name, represent in REPRESENTATIONS.items():
+        anchor = represent(out.hidden_states[-1], batch["anchor_span"])
+        positive, negative = represent(hidden, batch["cont_attention_mask"]).chunk(2)
+        expected = (float(cosine_distance(anchor, positive)), float(cosine_distance(anchor, negative)))
+        assert views.triplet_distances(model, row, name) == pytest.approx(expected, abs=1e-4), name
+
+
+def test_without_the_adapters_the_triplet_example_says_so(tiny, tmp_path):
+    """A clone of committed results has no adapters: notebook 03's example says so instead of failing."""
+    import shutil
+
+    from l2r_lib import pipeline, views
+    from l2r_lib.config import load_config
+
+    clone = tmp_path / "tiny"
+    shutil.copytree(tiny, clone, ignore=shutil.ignore_patterns("adapter", "checkpoints"))
+    rnd = pipeline.Round(load_config(clone / "config.yaml"), clone, "tailored", "synthetic", 2)
+    assert views.triplet_example(rnd) == ("round-1's adapter is not here (adapters are not committed; `l2r run` "
+                                          "trains it again from the saved data): no distances to show.")

@@ -1,6 +1,8 @@
 """Seconds per training step and tokens/s: MLE only vs MLE + self-reflection, in one run.
 
-SmolLM2-135M-Instruct with LoRA (fp32 on the CPU; bf16 on a GPU when there is one), a batch of
+SmolLM2-135M-Instruct (or ``--student small``: a random two-layer Llama with SmolLM2's tokenizer and
+49k vocabulary, whose step is mostly the output layer and the loss) with LoRA (fp32 on the CPU; bf16
+on a GPU when there is one), a batch of
 4 MultiArith questions in the chat prompt (~90 tokens) with recorded text-davinci-002 rationales
 (~70 tokens): the anchor is a correct recorded rationale, the positive the same question's gold
 equation rationale, the negative a wrong recorded rationale (of another question: only the
@@ -14,7 +16,14 @@ step, the worst device. On a CPU that computes bf16 natively (``l2r_lib.cpu.nati
 ``--bf16``/``--no-bf16`` to choose) the CPU is timed again with the student in bf16, and the
 warm-up step's losses are printed beside fp32's.
 
-    python benchmarks/train_step.py [--steps 3] [--threads N] [--bf16]
+Where the time goes, per device: the student's load time apart from the steps, steady-state s/step
+(the median after a warm-up), training tokens/s, model-FLOPs utilisation (the warm-up step's counted
+FLOPs over the step time, against the GPU's dense bf16 peak, or on a CPU against this CPU's own fp32
+matmul rate, measured here), and a ``torch.profiler`` top-10 of one MLE + reflection step. The
+*non-model share* is the part of that step not spent in the matrix products and attention kernels
+(the model's FLOPs): losses, softmaxes, copies, casts, masks and Python.
+
+    python benchmarks/train_step.py [--steps 3] [--threads N] [--bf16] [--student small]
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, Reflection
 from l2r_lib.training import ReflectionTrainer, build_student, training_arguments
 
 BATCH = 4  # distinct questions per batch
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+# the model's FLOPs: matrix products and attention (forward and backward); everything else is "non-model"
+MODEL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product")
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0, "A10": 125.0}  # dense bf16/fp16
 
 
 def recorded_batch(data_dir: Path) -> tuple[list[TeacherRecord], list[ExamRecord]]:
@@ -55,6 +68,68 @@ def recorded_batch(data_dir: Path) -> tuple[list[TeacherRecord], list[ExamRecord
         wrong_text = w["completion"].split("Therefore, the answer")[0].strip()
         exams.append(ExamRecord(qid, r["question"], r["gold"], "", [wrong_text], [w["teacher_answer"]], [False]))
     return teacher, exams
+
+
+def small_student(out: Path) -> str:
+    """A random-weight two-layer Llama with SmolLM2's tokenizer, saved to ``out``: a student by path."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from l2r_lib.student import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SMALL)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def peak_flops(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    """(FLOP/s, what it is) the MFU is taken against."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        tflops = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+        if tflops is not None:
+            return tflops * 1e12, f"{name} dense bf16 peak {tflops:g} TFLOP/s"
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    reps, start = 8, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    rate = 2 * n**3 * reps / (time.perf_counter() - start)
+    return rate, f"this {device}'s measured {str(dtype).removeprefix('torch.')} {n}x{n} matmul rate, {rate / 1e9:.1f} GFLOP/s"
+
+
+def profile_step(trainer: ReflectionTrainer, batch: dict) -> tuple[float, float, str]:
+    """One MLE + reflection (grad all) step under torch.profiler: (its seconds, the non-model share,
+    the top-10 ops by self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = trainer.model
+    cuda = batch["input_ids"].is_cuda
+    trainer.use_reflection = True
+    trainer.train_cfg = dataclasses.replace(trainer.train_cfg, reflection_grad="all")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        with trainer.compute_loss_context_manager():
+            trainer.compute_loss(model, batch).backward()
+        model.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    in_model = sum(getattr(e, key) for e in events if e.key.startswith(MODEL_OPS)) / 1e6
+    # on a GPU the kernels' busy time stands for the model; the rest of the wall time is not the model's
+    share = 1.0 - in_model / seconds
+    table = events.table(sort_by=key, row_limit=10, max_name_column_width=48)
+    return seconds, share, table
 
 
 MODES = {  # label: (use_reflection, reflection_grad)
@@ -98,6 +173,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: l2r's, l2r_lib.cpu)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="also time the CPU in bf16 (default: where the CPU computes bf16 natively)")
+    parser.add_argument("--student", choices=["smollm2", "small"], default="smollm2",
+                        help="small: a random two-layer Llama with SmolLM2's vocabulary (the step is mostly not the model)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the torch.profiler step")
     args = parser.parse_args()
     cpu.configure(args.threads)
     data_dir = paths.data_dir()
@@ -107,11 +185,15 @@ def main() -> None:
     runs = [("cuda", "auto")] if torch.cuda.is_available() else []
     runs += [("cpu", "float32")] + ([("cpu", "bfloat16")] if (cpu.native_bf16() if args.bf16 is None else args.bf16) else [])
     ratios, seen = [], {}
+    scratch = tempfile.TemporaryDirectory()
+    name = small_student(Path(scratch.name) / "small") if args.student == "small" else "smollm2-135m"
     for device, student_dtype in runs:
         cfg = TrainConfig(batch_size=BATCH)
-        student = StudentConfig(name="smollm2-135m", chat=True, dtype=student_dtype)
+        student = StudentConfig(name=name, chat=True, dtype=student_dtype)
+        loading = time.perf_counter()
         model, tokenizer = build_student(student, cfg)
         model.to(device).train()
+        load_s = time.perf_counter() - loading
         features = build_features(teacher, exams, tokenizer, cfg, student, round_idx=1)
         data = ReflectionDataset(features)
         features = [data[i] for i in range(0, len(data), 2)]  # one row (the recorded rationale) a question
@@ -124,6 +206,7 @@ def main() -> None:
                 batch_sampler=QuestionBatchSampler([f["question_id"] for f in features], BATCH),
             )
             times, flops, losses = time_steps(trainer, batch, args.steps)
+            profiled = profile_step(trainer, batch) if args.profile else None
         tokens = int(batch["attention_mask"].sum())
         view_tokens = int(batch["cont_attention_mask"].sum())
         prompt_tokens = int(batch["prompt_attention_mask"].sum())
@@ -135,16 +218,25 @@ def main() -> None:
         for mode, s in per_step.items():
             print(f"[{label}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  {flops[mode] / 1e9:6.0f} GFLOP "
                   f"({flops[mode] / flops['MLE only']:.2f}x MLE)  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
+        reflect = "MLE + refl. (grad all)"
+        peak, against = peak_flops(device, dtype)
+        print(f"[{label}] load {load_s:.1f} s (apart); steady {per_step[reflect]:.3f} s/step, {tokens / per_step[reflect]:.0f} "
+              f"training tok/s, MFU {flops[reflect] / per_step[reflect] / peak:.1%} (against {against})")
+        if profiled is not None:
+            seconds, share, table = profiled
+            print(f"[{label}] profiled step ({reflect}) {seconds:.3f} s: non-model share {share:.1%} "
+                  f"(time outside {', '.join(MODEL_OPS)}); top 10 by self time:\n{table}")
         by_grad = {grad: per_step[f"MLE + refl. (grad {grad})"] / per_step["MLE only"] for grad in ("anchor", "all")}
         for grad, r in by_grad.items():
             print(f"[{label}] ratio, reflection_grad={grad}{' (default)' if grad == cfg.reflection_grad else ''}: {r:.2f}")
         ratios.append(by_grad["all"])
         seen[(device, student_dtype)] = losses, per_step
         if (device, student_dtype) == ("cpu", "bfloat16"):
-            (fp32, fp32_step), reflect = seen[("cpu", "float32")], "MLE + refl. (grad all)"
+            fp32, fp32_step = seen[("cpu", "float32")]
             print("[cpu bf16] warm-up losses (minus fp32's): " + ", ".join(
                 f"{mode} {losses[mode]:.4f} ({losses[mode] - fp32[mode]:+.4f})" for mode in MODES)
                 + f"; {reflect} s/step {per_step[reflect] / fp32_step[reflect]:.2f}x fp32's")
+    scratch.cleanup()
     print(f"ratio all/MLE: {max(ratios):.2f}")
 
 

@@ -67,6 +67,11 @@ class ExamConfig:
     # hf: transformers generate (the reference) | vllm: one offline vLLM engine per exam, in the
     # environment `make install-vllm` builds (l2r_lib/exam_vllm.py says why a second one)
     engine: str = "hf"
+    # hf's KV cache: dynamic (rows leave the batch and the cache as they answer: the CPU's way) | static
+    # (one generate a batch over a fixed-size cache, no row leaves) | compiled (static, and transformers
+    # compiles the decoding step: a GPU's way) | auto (compiled on a GPU, dynamic elsewhere). Greedy
+    # answers are the same either way; sampled ones draw other random numbers when no row leaves
+    cache: str = "auto"
 
     def __post_init__(self):
         _validate(self, "exam")
@@ -264,7 +269,8 @@ RULES: dict[str, Rule] = {  # dotted key -> rule; None passes where the type all
     "student.num_demos": at_least(0), "student.threads": above(0), "student.use_kernels": ANY,
     "exam.max_new_tokens": above(0), "exam.batch_size": above(0), "exam.num_samples": at_least(1),
     "exam.temperature": at_least(0), "exam.limit": at_least(0), "exam.chunk_tokens": above(0),
-    "exam.top_k": at_least(1), "exam.engine": one_of("hf", "vllm"), "exam.test_max_new_tokens": above(0),
+    "exam.top_k": at_least(1), "exam.engine": one_of("hf", "vllm"),
+    "exam.cache": one_of("auto", "dynamic", "static", "compiled"), "exam.test_max_new_tokens": above(0),
     "teacher.kind": one_of(*TEACHER_KINDS), "teacher.feedback_kind": one_of(*TEACHER_KINDS),
     "teacher.model": NON_EMPTY, "teacher.base_url": URL, "teacher.max_concurrency": above(0),
     "teacher.requests_per_minute": above(0), "teacher.tokens_per_minute": above(0),

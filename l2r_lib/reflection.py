@@ -68,12 +68,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             part = slice(start, start + chunk_tokens)
             hc, yc, wc = h[part], y[part], w[part]
             logits = F.linear(hc, weight, bias).float()  # (C, V): the only logits in memory
-            total += (F.cross_entropy(logits, yc, reduction="none") * wc).sum()
+            lse = torch.logsumexp(logits, dim=-1)  # CE = lse - the gold logit; one pass over V, not two
+            total += ((lse - logits.gather(1, yc[:, None]).squeeze(1)) * wc).sum()
             if grad_h is None and grad_weight is None and grad_bias is None:
                 continue
-            grad = logits.softmax(dim=-1)
-            grad[torch.arange(yc.numel(), device=yc.device), yc] -= 1.0
-            grad *= wc[:, None]
+            grad = logits.sub_(lse[:, None]).exp_().mul_(wc[:, None])  # w * softmax, in the logits' memory
+            grad[torch.arange(yc.numel(), device=yc.device), yc] -= wc  # w * (softmax - one-hot)
             if grad_h is not None:
                 grad_h[part] = (grad.to(weight.dtype) @ weight).to(h.dtype)
             if grad_weight is not None:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from l2r_lib.config import ExamConfig
+from l2r_lib import exam
 from l2r_lib.exam import AnswerLineStop, run_exam, save_exam, trim_completion
 from l2r_lib.prompts import build_prompt, format_target
 from l2r_lib.records import ExamRecord, load_jsonl
@@ -120,3 +121,26 @@ def test_own_demos_come_in_the_official_numbers_and_agree_with_their_answers():
                 assert last_computed_result(d.rationale) == float(d.answer)
     prompt = build_prompt("Q?", demos=demos_for("strategyqa", 4))
     assert prompt.count("Question:") == 5 and prompt.endswith("Question: Q?\nReasoning:")
+
+
+@pytest.mark.floor
+def test_a_static_cache_gives_the_same_greedy_answers_on_a_tiny_model():
+    """exam.cache static (a GPU's shape: one generate a batch, one cache length for the exam) against
+    the CPU's dynamic chunks, on the mechanics: same greedy completions, in input order."""
+    model, tok = build_tiny_student(), load_tokenizer()
+    examples = load_examples("synthetic", "test")[:6]
+    runs = [run_exam(model, tok, examples, "synthetic", ExamConfig(max_new_tokens=12, batch_size=4, cache=c),
+                     progress=False) for c in ("dynamic", "static")]
+    assert [r.completions for r in runs[0].records] == [r.completions for r in runs[1].records]
+    assert ExamConfig().cache == "auto" and exam.cache_kind(ExamConfig(), model) == "dynamic"  # CPU results stay
+
+
+def test_a_static_cache_changes_no_greedy_answer_of_smollm2(smollm2, data_dir):
+    """The real student, batches of 4 over prompts of different lengths: the static cache (padded to the
+    exam's longest prompt and answer) writes the very texts the dynamic chunks write."""
+    model, tok = smollm2
+    examples = load_examples("multiarith", "test", data_dir)[12:20]
+    runs = [run_exam(model, tok, examples, "multiarith", ExamConfig(max_new_tokens=96, batch_size=4, cache=c),
+                     progress=False) for c in ("dynamic", "static")]
+    assert [r.completions for r in runs[0].records] == [r.completions for r in runs[1].records]
+    assert sum(r.answers[0] is not None for r in runs[1].records) >= 5

@@ -176,7 +176,9 @@ def cmd_tables(args: argparse.Namespace) -> None:
             continue
         print(f"{run_dir}: " + ", ".join(str(p.relative_to(run_dir)) for p in written.values()))
     for table in write_seed_tables(runs):
-        print(f"{table.parent.parent}: tables/seeds.md, tables/seeds_by_round.md, figures/seeds.png (over seeds)")
+        study = table.parent.parent
+        files = ["tables/seeds.md", "tables/seeds_by_round.md", "tables/gaps.md", "figures/seeds.png"]
+        print(f"{study}: {', '.join(f for f in files if (study / f).is_file())} (over seeds)")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:

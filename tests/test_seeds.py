@@ -101,3 +101,33 @@ def test_last_round_tables_are_empty_not_broken_while_no_method_has_finished(tmp
     write_tables(run)
     assert "Not finished, left out: tailored / multiarith." in (run / "tables" / "paper.md").read_text()
     assert "round 1" in (run / "tables" / "accuracy_by_round.md").read_text()
+
+
+def test_gaps_of_the_two_by_two_per_seed_and_pooled_over_question_seed_pairs(tmp_path):
+    runs = []
+    for seed in (0, 1, 2):
+        run = tmp_path / f"seed-{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"name": "study", "seed": seed, "rounds": 2}))
+        _round(run, "tailored", 2, 30 + 5 * seed)  # 30, 35, 40 of 100
+        _round(run, "no-reflection", 2, 20)
+        _round(run, "no-feedback", 2, 25)
+        _round(run, "no-feedback-no-reflection", 2, 25)  # the same answers as no-feedback
+        runs.append(run)
+    write_seed_tables(runs)
+    gaps = pd.read_csv(tmp_path / "tables" / "gaps.csv").set_index("gap")
+    assert list(gaps.index) == ["tailored − no-reflection", "no-feedback − no-feedback-no-reflection",
+                                "tailored − no-feedback", "no-reflection − no-feedback-no-reflection"]
+    assert list(gaps["factor"]) == ["self-reflection"] * 2 + ["feedback"] * 2
+    row = gaps.loc["tailored − no-reflection"]
+    cells = row["per seed [95% interval]"].split("; ")
+    assert [c.split(" ")[0] for c in cells] == ["+10.0", "+15.0", "+20.0"]
+    assert row["pairs"] == 300 and row["pooled"] == 15.0 and row["ci95_low"] < 15 < row["ci95_high"]
+    seed_lo, seed_hi = (float(v) for v in cells[1].split("[")[1].rstrip("]").split(", "))
+    assert row["ci95_high"] - row["ci95_low"] < seed_hi - seed_lo  # 3x the pairs: a narrower interval
+    same = gaps.loc["no-feedback − no-feedback-no-reflection"]  # paired: identical answers differ by exactly 0
+    assert (same["pooled"], same["ci95_low"], same["ci95_high"]) == (0, 0, 0)
+    assert gaps.loc["tailored − no-feedback", "pooled"] == 10.0
+    assert gaps.loc["no-reflection − no-feedback-no-reflection", "pooled"] == -5.0
+    text = (tmp_path / "tables" / "gaps.md").read_text()
+    assert "question x seed pairs" in text and "seeds' own variation" in text and "nan" not in text

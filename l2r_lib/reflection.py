@@ -68,11 +68,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             part = slice(start, start + chunk_tokens)
             hc, yc, wc = h[part], y[part], w[part]
             logits = F.linear(hc, weight, bias).float()  # (C, V): the only logits in memory
-            lse = torch.logsumexp(logits, dim=-1)  # CE = lse - the gold logit; one pass over V, not two
-            total += ((lse - logits.gather(1, yc[:, None]).squeeze(1)) * wc).sum()
+            gold = logits.gather(1, yc[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            # CE = log sum exp - the gold logit; exp taken once, in place: four passes over (C, V), no
+            # second (C, V) buffer (logsumexp, then softmax, would take eight and allocate one)
+            grad = logits.sub_(top).exp_()
+            norm = grad.sum(dim=-1)
+            total += ((top.squeeze(1) + norm.log() - gold) * wc).sum()
             if grad_h is None and grad_weight is None and grad_bias is None:
                 continue
-            grad = logits.sub_(lse[:, None]).exp_().mul_(wc[:, None])  # w * softmax, in the logits' memory
+            grad.mul_((wc / norm)[:, None])  # w * softmax
             grad[torch.arange(yc.numel(), device=yc.device), yc] -= wc  # w * (softmax - one-hot)
             if grad_h is not None:
                 grad_h[part] = (grad.to(weight.dtype) @ weight).to(h.dtype)

@@ -114,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         nonempty(load_examples(task, "test", cfg.data_dir)[: cfg.test_limit], task, "test", "test_limit")
     run_dir = run_pipeline(params, args.out, overrides=overrides)
     print(f"run finished: {run_dir}")
+    _refresh_claims(run_dir)
     for table in sorted((run_dir / "tables").glob("*.md")):
         print(f"\n## {table.stem}\n{table.read_text()}")
 
@@ -179,6 +180,15 @@ def cmd_tables(args: argparse.Namespace) -> None:
         study = table.parent.parent
         files = ["tables/seeds.md", "tables/seeds_by_round.md", "tables/gaps.md", "figures/seeds.png"]
         print(f"{study}: {', '.join(f for f in files if (study / f).is_file())} (over seeds)")
+    _refresh_claims(Path(root))
+
+
+def _refresh_claims(under: Path) -> None:
+    """The READMEs' ``<!-- l2r:... -->`` blocks of the runs at or under ``under``, from their tables."""
+    from .claims import refresh_claims
+
+    for block in refresh_claims(Path(under)):
+        print(f"refreshed {block}")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:

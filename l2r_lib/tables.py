@@ -60,7 +60,8 @@ def teacher_table(metrics: pd.DataFrame) -> pd.DataFrame:
             "teacher_failed",
             "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_cost_usd"]
     present = [c for c in cols if c in metrics.columns]
-    return metrics[present].sort_values(["method", "task", "round"]).reset_index(drop=True)
+    asked = metrics[metrics["round"] > 0]  # round 0 (the untrained student) asks no teacher
+    return asked[present].sort_values(["method", "task", "round"]).reset_index(drop=True)
 
 
 def bootstrap_interval(correct, diff_from=None, n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
@@ -174,11 +175,11 @@ GAPS = (("self-reflection", "tailored", "no-reflection"),
         ("feedback", "no-reflection", "no-feedback-no-reflection"))
 
 
-def gap_table(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """Paired gaps of the 2x2 after the last round, in points (``{seed: collect_metrics(run)}``): per task and
-    gap, each seed's gap (exact counts) with its paired bootstrap 95% interval over test questions, and the gap
-    pooled over all question x seed pairs (the mean per-pair difference) with a paired bootstrap 95% interval
-    that resamples those pairs, in seed then question-id order."""
+def seed_gaps(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Paired gaps of the 2x2 after the last round, in points (``{seed: collect_metrics(run)}``): one row per
+    task, gap and seed, each seed's gap from exact counts with its paired bootstrap 95% interval over test
+    questions; then the row with seed None: the gap pooled over all question x seed pairs (the mean per-pair
+    difference) with a paired bootstrap 95% interval that resamples those pairs, in seed then question-id order."""
     finals = {seed: _final_correct(m) for seed, m in sorted(by_seed.items())}
     tasks = list(dict.fromkeys(t for f in finals.values() for _, t in f))
     rows = []
@@ -186,19 +187,24 @@ def gap_table(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
         for factor, a, b in GAPS:
             pairs = {s: (f[(a, task)], f[(b, task)]) for s, f in finals.items()
                      if (a, task) in f and (b, task) in f and len(f[(a, task)]) == len(f[(b, task)])}
-            if not pairs:
-                continue
-            cells = []
-            for s, (ca, cb) in pairs.items():
+            pooled = ([c for ca, _ in pairs.values() for c in ca], [c for _, cb in pairs.values() for c in cb])
+            for seed, (ca, cb) in [*pairs.items(), *([(None, pooled)] if pairs else [])]:
                 lo, hi = bootstrap_interval(ca, diff_from=cb)
-                cells.append(f"{100 * (sum(ca) - sum(cb)) / len(ca):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-            pooled_a = [c for ca, _ in pairs.values() for c in ca]
-            pooled_b = [c for _, cb in pairs.values() for c in cb]
-            lo, hi = bootstrap_interval(pooled_a, diff_from=pooled_b)
-            rows.append({"task": task, "factor": factor, "gap": f"{a} − {b}", "seeds": len(pairs),
-                         "per seed [95% interval]": "; ".join(cells), "pairs": len(pooled_a),
-                         "pooled": 100 * float(np.mean(np.subtract(pooled_a, pooled_b, dtype=float))),
-                         "ci95_low": 100 * lo, "ci95_high": 100 * hi})
+                rows.append({"task": task, "factor": factor, "gap": f"{a} − {b}", "seed": seed, "pairs": len(ca),
+                             "points": 100 * (sum(ca) - sum(cb)) / len(ca), "ci95_low": 100 * lo, "ci95_high": 100 * hi})
+    return pd.DataFrame(rows)
+
+
+def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
+    """``seed_gaps`` as one row per task and gap: each seed's gap [95% interval], then the pooled gap."""
+    rows = []
+    for (task, factor, gap), g in gaps.groupby(["task", "factor", "gap"], sort=False):
+        seeds, pool = g[g["seed"].notna()], g[g["seed"].isna()].iloc[0]
+        rows.append({"task": task, "factor": factor, "gap": gap, "seeds": len(seeds),
+                     "per seed [95% interval]": "; ".join(f"{p:+.1f} [{lo:+.1f}, {hi:+.1f}]" for p, lo, hi in
+                                                         zip(seeds["points"], seeds["ci95_low"], seeds["ci95_high"])),
+                     "pairs": int(pool["pairs"]), "pooled": pool["points"], "ci95_low": pool["ci95_low"],
+                     "ci95_high": pool["ci95_high"]})
     return pd.DataFrame(rows).round(1)
 
 
@@ -259,7 +265,8 @@ def write_seed_tables(runs: list[Path]) -> list[Path]:
         (parent / "tables" / "seeds_by_round.md").write_text(
             f"Test accuracy (%) after each round of `{name}`: mean and spread over the seeds that have the round.\n\n"
             f"{_markdown(by_round)}\n")
-        gaps = gap_table(by_seed)
+        long_gaps = seed_gaps(by_seed)
+        gaps = gap_table(long_gaps) if not long_gaps.empty else long_gaps
         if not gaps.empty:
             gaps.to_csv(parent / "tables" / "gaps.csv", index=False)
             (parent / "tables" / "gaps.md").write_text(
@@ -270,6 +277,15 @@ def write_seed_tables(runs: list[Path]) -> list[Path]:
                 "pooled interval treats the seeds' questions as one sample: the seeds' own variation (training "
                 "noise) is not in it; the per-seed gaps show it.\n\n"
                 f"{_markdown(gaps)}\n")
+        reflection = reflection_table(by_seed)
+        if reflection[list(DISTANCES)].notna().any().any():
+            reflection.to_csv(parent / "tables" / "reflection.csv", index=False)
+            (parent / "tables" / "reflection.md").write_text(
+                f"Self-reflection's triplet in `{name}`, seeds {seeds}, per round: training rows with a triplet (mean "
+                "over seeds); the mean over seeds of d(a,p) and d(a,n) (1 - cosine of the eos states) at the round's "
+                "first and last step (methods with a triplet); test answers whose answer line contradicts the "
+                "rationale's last computed result, summed over seeds, of the answers that state and compute a "
+                f"number.\n\n{_markdown(reflection)}\n")
         (parent / "figures").mkdir(exist_ok=True)
         plot_seeds(per_round, parent / "figures" / "seeds.png", caption=f"`{name}`, seeds {seeds}.")
         written.append(parent / "tables" / "seeds.md")
@@ -289,6 +305,47 @@ def diagnostics_table(metrics: pd.DataFrame) -> pd.DataFrame:
                      "contradiction_pct": None if rate is None else round(100 * rate, 1),
                      "contradictions": stats.get("contradictions"), "compared": stats.get("contradiction_compared")})
     return pd.DataFrame(rows)
+
+
+DISTANCES = ("d_pos_first", "d_neg_first", "d_pos_last", "d_neg_last")  # metrics.json: the triplet's d(a,p), d(a,n)
+
+
+def _distances(row: dict) -> dict:
+    """The triplet's distances at a round's first and last step: metrics.json's, or for runs made
+    before it held them, the first and last step of the round's ``losses.csv`` that has them."""
+    if all(pd.notna(row.get(d)) for d in DISTANCES):
+        return {d: row[d] for d in DISTANCES}
+    losses = Path(row["path"]) / "losses.csv"
+    steps = pd.read_csv(losses).dropna(subset=["d_pos", "d_neg"]) if losses.is_file() else pd.DataFrame()
+    if steps.empty or "d_pos" not in steps:
+        return dict.fromkeys(DISTANCES)
+    first, last = steps.iloc[0], steps.iloc[-1]
+    return {"d_pos_first": first["d_pos"], "d_neg_first": first["d_neg"], "d_pos_last": last["d_pos"], "d_neg_last": last["d_neg"]}
+
+
+def reflection_table(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Per method, task and round over seeds: the triplet's mean d(a,p) and d(a,n) at the round's first
+    and last step (methods with a triplet), and the test answers whose answer line contradicts the
+    rationale's last computed result, summed over seeds."""
+    rows = []
+    for seed, metrics in by_seed.items():
+        diag = diagnostics_table(metrics).set_index(["method", "task", "round"])
+        for row in metrics.to_dict("records"):
+            key = (row["method"], row["task"], row["round"])
+            rows.append({"method": key[0], "task": key[1], "round": key[2], "seed": seed,
+                         "rows_with_triplet": diag.loc[key, "rows_with_triplet"],
+                         "contradictions": diag.loc[key, "contradictions"], "compared": diag.loc[key, "compared"],
+                         **_distances(row)})
+    if not rows:
+        return pd.DataFrame()
+    long = pd.DataFrame(rows)
+    table = long.groupby(["method", "task", "round"], sort=False).agg(
+        seeds=("seed", "nunique"), rows_with_triplet=("rows_with_triplet", "mean"),
+        **{d: (d, "mean") for d in DISTANCES}, contradictions=("contradictions", "sum"), compared=("compared", "sum"),
+    ).reset_index()
+    table["rows_with_triplet"] = table["rows_with_triplet"].round(0)
+    table[list(DISTANCES)] = table[list(DISTANCES)].astype(float).round(4)
+    return table
 
 
 def stage_seconds_table(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -336,7 +336,9 @@ def plot_distances(rnd: pipeline.Round):
 def evaluation_settings(rnd: pipeline.Round) -> str:
     """The test exam of this round and how accuracy and its interval are computed."""
     return "\n".join([
-        f"exam:     {len(rnd.examples('test'))} test questions, greedy decoding, round {rnd.round_idx}'s adapter",
+        f"exam:     {len(rnd.examples('test'))} test questions, greedy decoding, "
+        + ("the untrained student (round 0: the baseline every round starts from)" if rnd.round_idx == 0
+           else f"round {rnd.round_idx}'s adapter"),
         "accuracy: acc = (1/N) Σ_q 1[ŷ_q = y_q]; 95% interval: percentile bootstrap over the test questions",
     ])
 
@@ -344,20 +346,23 @@ def evaluation_settings(rnd: pipeline.Round) -> str:
 def accuracies(rnd: pipeline.Round) -> str:
     """Test accuracy with its 95% interval after the previous round and after this one."""
     lines = []
-    for k in range(max(1, rnd.round_idx - 1), rnd.round_idx + 1):
+    for k in range(max(0, rnd.round_idx - 1), rnd.round_idx + 1):
         exam = pipeline.load_exam(pipeline.Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k), "exam_test")
         if exam:
             correct = correct_by_id(exam)
             lo, hi = bootstrap_interval(correct)
-            lines.append(f"test accuracy after round {k} = {sum(correct) / len(correct):.1%}, "
+            when = "of the untrained student (round 0)" if k == 0 else f"after round {k}"
+            lines.append(f"test accuracy {when} = {sum(correct) / len(correct):.1%}, "
                          f"95% interval [{lo:.1%}, {hi:.1%}], {len(correct)} questions")
     return "\n".join(lines)
 
 
 def changes(rnd: pipeline.Round) -> str:
     """How many test questions this round fixed and broke, and the net change."""
-    if rnd.round_idx == 1:
-        return "round 1: no previous round to compare with (every question is new to the trained student)."
+    if rnd.round_idx == 0:
+        return "round 0: the untrained student, the baseline the rounds are compared with."
+    if not (rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl").is_file():
+        return f"round {rnd.round_idx}: no test exam of round {rnd.round_idx - 1} to compare with (a run made before round 0)."
     fixed, broken = pipeline.fixed_and_broken(rnd)
     return (f"since round {rnd.round_idx - 1}: fixed {len(fixed)}, broke {len(broken)}, "
             f"net {len(fixed) - len(broken):+d} test questions")

@@ -88,7 +88,10 @@ def test_the_notebooks_of_a_run_tell_each_step_with_this_runs_values(tiny):
     assert "since round 1: fixed" in example(examined, "views.changes")
     accuracy = example(examined, "views.accuracies")
     assert "test accuracy after round 1 = " in accuracy and "test accuracy after round 2 = " in accuracy
-    assert "no previous round" in example(story(executed(tiny, "tailored", 1, "04_evaluation")), "views.changes")
+    assert "since round 0: fixed" in example(story(executed(tiny, "tailored", 1, "04_evaluation")), "views.changes")
+    baseline = story(executed(tiny, "tailored", 0, "04_evaluation"))
+    assert "the untrained student" in example(baseline, "views.evaluation_settings")
+    assert "test accuracy of the untrained student (round 0) = " in example(baseline, "views.accuracies")
 
 
 def test_a_method_without_exam_or_triplets_says_so_in_one_line(tiny):

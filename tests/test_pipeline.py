@@ -46,6 +46,7 @@ def test_killed_run_resumes_without_repeating_round_1(tiny_run):
     after = {p.name: p.stat().st_mtime_ns for p in round1.glob("*.done.json")}
     assert len(after) == 4 and after == tiny_run["round1_before"]
     assert "[l2r] tailored / synthetic / round 1" not in tiny_run["stdout"]
+    assert "[l2r] tailored / synthetic / round 0" not in tiny_run["stdout"]  # it ran before the kill, not again
     assert "[l2r] tailored / synthetic / round 2: 03_round_training" in tiny_run["stdout"]
 
 
@@ -53,8 +54,8 @@ def test_killed_run_resumes_without_repeating_round_1(tiny_run):
 def test_every_notebook_of_every_round_executed(tiny_run):
     run = tiny_run["dir"]
     for method, rounds in [("tailored", 2), ("std-cot", 1), ("no-feedback", 2)]:
-        for k in range(1, rounds + 1):
-            for nb in pipeline.NOTEBOOKS:
+        for k in range(0, rounds + 1):
+            for nb in pipeline.NOTEBOOKS if k else ["04_evaluation"]:
                 out = run / method / "synthetic" / f"round-{k}" / f"{nb}.ipynb"
                 cells = json.loads(out.read_text())["cells"]
                 errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -75,9 +76,9 @@ def test_tables_and_figures_hold_numbers(tiny_run):
     assert (intervals["ci95_low"] <= intervals["accuracy"]).all() and (intervals["accuracy"] <= intervals["ci95_high"]).all()
     assert intervals.loc["tailored", "questions"] == 16 and "vs std-cot" in intervals.columns
     stages = pd.read_csv(run / "tables" / "stage_seconds.csv")
-    assert len(stages) == 5 and (stages["03_round_training"] > 0).all()
+    assert len(stages) == 8 and (stages.loc[stages["round"] > 0, "03_round_training"] > 0).all()
     assert stages.loc[stages.method == "no-feedback", "shared_from"].fillna("").tolist() == [
-        "tailored", "tailored (01_mistake_analysis)"]
+        "tailored", "tailored", "tailored (01_mistake_analysis)"]
     for fig in ("accuracy_by_round.png", "losses.png"):
         assert (run / "figures" / fig).stat().st_size > 5_000
     manifest = json.loads((run / "manifest.json").read_text())
@@ -86,6 +87,20 @@ def test_tables_and_figures_hold_numbers(tiny_run):
     assert manifest["method_declarations"]["no-feedback"]["questions"] == "mistakes"
     losses = pd.read_csv(run / "tailored" / "synthetic" / "round-2" / "losses.csv")
     assert len(losses) > 0 and losses["mle"].notna().all()
+
+
+def test_round_0_tests_the_untrained_student_once_per_task_and_every_method_shows_it(tiny_run):
+    run = tiny_run["dir"]
+    donor = run / "tailored" / "synthetic" / "round-0"
+    assert [p.name for p in donor.glob("*.ipynb")] == ["04_evaluation.ipynb"] and not (donor / "adapter").exists()
+    for method in ("std-cot", "no-feedback"):  # one test exam per task: the other methods copy it
+        shared = run / method / "synthetic" / "round-0"
+        assert json.loads((shared / "metrics.json").read_text())["shared_from"] == "tailored"
+        assert (shared / "exam_test.jsonl").read_bytes() == (donor / "exam_test.jsonl").read_bytes()
+        assert "untrained student" in (shared / "SHARED.md").read_text()
+    by_round = pd.read_csv(run / "tables" / "accuracy_by_round.csv")
+    assert list(by_round.columns[2:]) == ["round 0", "round 1", "round 2"] and by_round["round 0"].nunique() == 1
+    assert "round 0" in tiny_run["stdout"].split("## accuracy_by_round")[1].split("##")[0]  # `l2r run` shows it
 
 
 def test_round_1_is_shared_by_methods_that_compute_the_same_one(tiny_run):
@@ -278,7 +293,9 @@ def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     ran = {line.split(":")[0] for line in res.stdout.splitlines() if line.startswith("[l2r]")}
-    assert ran == {"[l2r] std-cot-matched / synthetic / round 1", "[l2r] std-cot-matched / synthetic / round 2"}
+    assert ran == {"[l2r] std-cot-matched / synthetic / round 0", "[l2r] std-cot-matched / synthetic / round 1",
+                   "[l2r] std-cot-matched / synthetic / round 2"}
+    assert "[l2r] std-cot-matched / synthetic / round 0: shared with tailored" in res.stdout
     assert "[l2r] std-cot-matched / synthetic / round 1: shared with std-cot" in res.stdout
 
     r2 = run / "std-cot-matched" / "synthetic" / "round-2"

@@ -131,3 +131,19 @@ def test_keep_share_is_kept_records_over_records():
     stats = keep_stats(records)
     assert stats["records"] == 8 and stats["kept_records"] == 6 and stats["keep_share"] == 0.75
     assert stats["questions"] == stats["questions_kept"] == 4 and stats["questions_kept_share"] == 1.0
+
+
+def test_round_0_tests_the_untrained_student_alone_and_tabulates_as_round_0(tmp_path):
+    from l2r_lib import tables, views
+
+    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 0, tmp_path / "run")
+    assert rnd.stages == ("04_evaluation",)
+    summary = pipeline.evaluation(rnd)  # no adapter, no teacher, no training: nothing to require
+    assert summary["questions"] == 16 and not (rnd.dir / "adapter").exists()
+    metrics = json.loads((rnd.dir / "metrics.json").read_text())
+    assert metrics["round"] == 0 and metrics["accuracy"] == summary["accuracy"] and metrics["teacher_requests"] == 0
+    assert pipeline.fixed_and_broken(rnd) == ([], [])
+    assert "untrained student" in views.evaluation_settings(rnd) and "round 0" in views.changes(rnd)
+    collected = tables.collect_metrics(rnd.run_dir)
+    assert list(tables.by_round_table(collected).columns) == ["round 0"]
+    assert tables.teacher_table(collected).empty  # round 0 asks no teacher

@@ -10,6 +10,9 @@ and its error, and the others still run; the exit status is 1 if any failed):
   env         torch, CUDA, the GPUs, bf16
   qlora       one round of 4-bit NF4 QLoRA (bitsandbytes), self-reflection on: s/step, tokens/s, peak memory
   lora        the same round in bf16 LoRA (fp32 on a CPU)
+  step        one LoRA step with self-reflection of SmolLM2's and of Qwen2.5-1.5B's shape (``--small``: the
+              small student), as ``benchmarks/train_step.py`` reports it: load time apart, steady-state
+              s/step, training tokens/s, model-FLOPs utilisation, a torch.profiler top-10
   hf exam     the LoRA round's student answering the test questions, greedy and k = 4 samples: tokens/s
   vllm exam   the same exam on vLLM (``exam.engine: vllm``), when vLLM is installed
   accelerate  the LoRA round under ``accelerate launch`` on every GPU present (``train.processes``;
@@ -65,6 +68,7 @@ CHECK_MODULES = {
     "qlora": ["bitsandbytes", "peft", "l2r_lib.training"],
     "lora": ["peft", "l2r_lib.training"],
     "hf-exam": ["l2r_lib.exam"],
+    "step": ["peft", "l2r_lib.training", "train_step"],
     "colab": ["bitsandbytes", "peft", "l2r_lib.training", "l2r_lib.exam"],
     "accelerate": ["accelerate.commands.launch", "l2r_lib.train_worker"],
     "zero3": ["deepspeed", "transformers.integrations.deepspeed", "l2r_lib.train_worker"],
@@ -219,20 +223,55 @@ def check_round(label: str, student_dir: Path, out: Path, args, **student_kw) ->
     return result.adapter_dir
 
 
+def check_step(size: str, student_dir: Path, args) -> None:
+    """``benchmarks/train_step.py``'s figures for one LoRA step of the ``size`` shape on 4 synthetic
+    questions: load time apart, steady-state s/step, training tokens/s, MFU, a torch.profiler top-10."""
+    import torch
+
+    import train_step
+    from l2r_lib.config import StudentConfig, TrainConfig
+    from l2r_lib.training import build_student
+
+    device = "cuda" if args.gpu else "cpu"
+    cfg = TrainConfig(batch_size=train_step.BATCH)
+    student = StudentConfig(name=str(student_dir), chat=True, dtype="bfloat16" if args.gpu else "float32")
+    start = time.perf_counter()
+    model, tokenizer = build_student(student, cfg)
+    model.to(device).train()
+    load_s = time.perf_counter() - start
+    teacher, exams = round_data(train_step.BATCH)
+    train_step.report(model, tokenizer, teacher, exams, cfg, student, device, f"step {size}", 3, True, load_s)
+    del model
+    if args.gpu:
+        torch.cuda.empty_cache()
+
+
 def check_exam(label: str, student_dir: Path, adapter: Path, args, engine: str) -> None:
     from l2r_lib.config import ExamConfig, StudentConfig
-    from l2r_lib.exam import run_exam
+    from l2r_lib.exam import cache_kind, run_exam
     from l2r_lib.tasks import load_examples
     from l2r_lib.training import load_trained_student
 
     student = StudentConfig(name=str(student_dir), chat=True, dtype="bfloat16" if args.gpu else "float32")
     model, tokenizer = load_trained_student(student, adapter, merge=engine == "hf")
     questions = load_examples("synthetic", "test")[: args.questions]
-    parts = []
+    parts, greedy = [], None
     for k in (1, 4):
         cfg = ExamConfig(max_new_tokens=128, batch_size=args.exam_batch, num_samples=k, temperature=1.0, top_k=50, engine=engine)
-        result = run_exam(model, tokenizer, questions, "synthetic", cfg, progress=False)
-        parts.append(f"k={k} {result.tokens_per_s:.0f} tokens/s ({result.generated_tokens} tokens, {result.seconds:.1f} s)")
+        # the first exam warms up (allocations; on a GPU the compiled decoding step), the second is steady state
+        warm, result = (run_exam(model, tokenizer, questions, "synthetic", cfg, progress=False) for _ in range(2))
+        if k == 1:
+            greedy = [r.completions for r in result.records]
+        parts.append(f"k={k} {result.tokens_per_s:.0f} tokens/s steady ({result.generated_tokens} tokens, {result.seconds:.1f} s; "
+                     f"warm-up {warm.seconds:.1f} s)")
+    if engine == "hf":
+        cfg = ExamConfig(max_new_tokens=128, batch_size=args.exam_batch)
+        kind = cache_kind(cfg, model)
+        if kind != "dynamic":  # the CPU's way is the reference: the greedy texts must not change
+            same = [r.completions for r in run_exam(model, tokenizer, questions, "synthetic",
+                                                    dataclasses.replace(cfg, cache="dynamic"), progress=False).records]
+            parts.append(f"cache {kind}: greedy texts identical to the dynamic cache's for "
+                         f"{sum(a == b for a, b in zip(greedy, same))}/{len(same)} questions")
     print(f"{label}: {len(questions)} questions, batch {args.exam_batch}: " + "; ".join(parts), flush=True)
 
 
@@ -330,7 +369,7 @@ def main() -> int:
     parser.add_argument("--carried", type=Path, help="a --bundle folder: its wheels installed, its tokenizer used "
                         "(default: the l2r cache's SmolLM2 tokenizer, the packages of this Python)")
     parser.add_argument("--small", action="store_true", help="a two-layer student and 16 questions (a CPU smoke run)")
-    parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora hf-exam vllm-exam accelerate colab zero3)")
+    parser.add_argument("--only", nargs="*", help="run only these checks (qlora lora step hf-exam vllm-exam accelerate colab zero3)")
     cli = parser.parse_args()
     if cli.bundle:
         bundle(cli.bundle, cli.cuda, cli.python)
@@ -371,6 +410,9 @@ def main() -> int:
             run("qlora", check_round, "qlora nf4", student_dir, out, args, load_in_4bit=True, dtype="bfloat16" if gpu else "float32")
         dtype = "bfloat16" if gpu else "float32"
         adapter = run("lora", check_round, f"lora {dtype}", student_dir, out, args, dtype=dtype)
+        for size in ["small"] if cli.small else ["smollm2", "qwen2.5-1.5b"]:
+            shape_dir = student_dir if size == "small" else build_student_dir(out / size, cli.carried and cli.carried / "tokenizer", size)
+            run("step", check_step, size, shape_dir, args)
         if adapter is not None:
             run("hf-exam", check_exam, "hf exam", student_dir, adapter, args, "hf")
             missing = vllm_missing()

@@ -167,6 +167,45 @@ def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> tuple[dic
     return times, flops, losses
 
 
+def report(model, tokenizer, teacher, exams, cfg: TrainConfig, student: StudentConfig, device: str, label: str,
+           steps: int, profile: bool, load_s: float) -> dict[str, float]:
+    """Time and profile ``model``'s steps on the batch of ``teacher``/``exams`` and print the figures
+    (one line per mode, the steady-state line, the profiler's top-10): (median s/step, warm-up loss)
+    of each mode."""
+    features = build_features(teacher, exams, tokenizer, cfg, student, round_idx=1)
+    data = ReflectionDataset(features)
+    features = [data[i] for i in range(0, len(data), 2)]  # one row (the recorded rationale) a question
+    batch = {k: v.to(device) for k, v in ReflectionCollator(tokenizer.pad_token_id)(features).items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        trainer = ReflectionTrainer(
+            model=model, args=training_arguments(cfg, Path(tmp), 0, dtype), train_dataset=data,
+            data_collator=ReflectionCollator(tokenizer.pad_token_id), train_cfg=cfg, use_reflection=True,
+            batch_sampler=QuestionBatchSampler([f["question_id"] for f in features], BATCH),
+        )
+        times, flops, losses = time_steps(trainer, batch, steps)
+        profiled = profile_step(trainer, batch) if profile else None
+    tokens = int(batch["attention_mask"].sum())
+    view_tokens = int(batch["cont_attention_mask"].sum())
+    prompt_tokens = int(batch["prompt_attention_mask"].sum())
+    print(f"[{label}] {tokenizer.name_or_path.split('/')[-1]} LoRA r={cfg.lora_r} {dtype}, threads={torch.get_num_threads()}, "
+          f"batch {len(features)} x (prompt {prompt_tokens / len(features):.0f} + target {(tokens - prompt_tokens) / len(features):.0f} tokens), "
+          f"positive + negative {view_tokens} tokens")
+    per_step = {mode: statistics.median(t) for mode, t in times.items()}
+    for mode, s in per_step.items():
+        print(f"[{label}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  {flops[mode] / 1e9:6.0f} GFLOP "
+              f"({flops[mode] / flops['MLE only']:.2f}x MLE)  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
+    reflect = "MLE + refl. (grad all)"
+    peak, against = peak_flops(device, dtype)
+    print(f"[{label}] load {load_s:.1f} s (apart); steady {per_step[reflect]:.3f} s/step, {tokens / per_step[reflect]:.0f} "
+          f"training tok/s, MFU {flops[reflect] / per_step[reflect] / peak:.1%} (against {against})")
+    if profiled is not None:
+        seconds, share, table = profiled
+        print(f"[{label}] profiled step ({reflect}) {seconds:.3f} s: non-model share {share:.1%} "
+              f"(time outside {', '.join(MODEL_OPS)}); top 10 by self time:\n{table}")
+    return per_step, losses
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each kind (after one warm-up each)")
@@ -194,38 +233,9 @@ def main() -> None:
         model, tokenizer = build_student(student, cfg)
         model.to(device).train()
         load_s = time.perf_counter() - loading
-        features = build_features(teacher, exams, tokenizer, cfg, student, round_idx=1)
-        data = ReflectionDataset(features)
-        features = [data[i] for i in range(0, len(data), 2)]  # one row (the recorded rationale) a question
-        batch = {k: v.to(device) for k, v in ReflectionCollator(tokenizer.pad_token_id)(features).items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-            trainer = ReflectionTrainer(
-                model=model, args=training_arguments(cfg, Path(tmp), 0, dtype), train_dataset=data,
-                data_collator=ReflectionCollator(tokenizer.pad_token_id), train_cfg=cfg, use_reflection=True,
-                batch_sampler=QuestionBatchSampler([f["question_id"] for f in features], BATCH),
-            )
-            times, flops, losses = time_steps(trainer, batch, args.steps)
-            profiled = profile_step(trainer, batch) if args.profile else None
-        tokens = int(batch["attention_mask"].sum())
-        view_tokens = int(batch["cont_attention_mask"].sum())
-        prompt_tokens = int(batch["prompt_attention_mask"].sum())
         label = f"{device} bf16" if student_dtype == "bfloat16" else device
-        print(f"[{label}] {tokenizer.name_or_path.split('/')[-1]} LoRA r={cfg.lora_r} {dtype}, threads={torch.get_num_threads()}, "
-              f"batch {len(features)} x (prompt {prompt_tokens / len(features):.0f} + target {(tokens - prompt_tokens) / len(features):.0f} tokens), "
-              f"positive + negative {view_tokens} tokens")
-        per_step = {mode: statistics.median(t) for mode, t in times.items()}
-        for mode, s in per_step.items():
-            print(f"[{label}] {mode:<26} {s:7.3f} s/step  {tokens / s:8.1f} tok/s  {flops[mode] / 1e9:6.0f} GFLOP "
-                  f"({flops[mode] / flops['MLE only']:.2f}x MLE)  (steps: {', '.join(f'{t:.3f}' for t in times[mode])})")
+        per_step, losses = report(model, tokenizer, teacher, exams, cfg, student, device, label, args.steps, args.profile, load_s)
         reflect = "MLE + refl. (grad all)"
-        peak, against = peak_flops(device, dtype)
-        print(f"[{label}] load {load_s:.1f} s (apart); steady {per_step[reflect]:.3f} s/step, {tokens / per_step[reflect]:.0f} "
-              f"training tok/s, MFU {flops[reflect] / per_step[reflect] / peak:.1%} (against {against})")
-        if profiled is not None:
-            seconds, share, table = profiled
-            print(f"[{label}] profiled step ({reflect}) {seconds:.3f} s: non-model share {share:.1%} "
-                  f"(time outside {', '.join(MODEL_OPS)}); top 10 by self time:\n{table}")
         by_grad = {grad: per_step[f"MLE + refl. (grad {grad})"] / per_step["MLE only"] for grad in ("anchor", "all")}
         for grad, r in by_grad.items():
             print(f"[{label}] ratio, reflection_grad={grad}{' (default)' if grad == cfg.reflection_grad else ''}: {r:.2f}")

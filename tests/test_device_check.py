@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_check.py"
 def test_device_check_small_runs_every_check_and_prints_its_figures():
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     # zero3 (DeepSpeed) is left to `make test-deepspeed`, which installs it
-    checks = ["--only", "qlora", "lora", "hf-exam", "vllm-exam", "accelerate"]
+    checks = ["--only", "qlora", "lora", "step", "hf-exam", "vllm-exam", "accelerate"]
     done = subprocess.run([sys.executable, str(SCRIPT), "--small", *checks], capture_output=True, text=True, env=env, timeout=900)
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
@@ -26,7 +26,12 @@ def test_device_check_small_runs_every_check_and_prints_its_figures():
     # 16 questions x 2 rationales in batches of 4 distinct questions: 8 optimizer steps, each with a triplet
     assert re.search(r"^qlora nf4: 8 steps of 4 questions with self-reflection, [\d.]+ s/step", out, re.M), out
     assert re.search(r"^lora float32: 8 steps of 4 questions with self-reflection, [\d.]+ s/step", out, re.M), out
-    exam = re.search(r"^hf exam: 16 questions, batch 8: k=1 (\d+) tokens/s \((\d+) tokens.*k=4 (\d+) tokens/s \((\d+) tokens", out, re.M)
+    # the step's figures, as benchmarks/train_step.py prints them: load apart, steady state, MFU, profiler
+    assert re.search(r"^\[step small\] load [\d.]+ s \(apart\); steady [\d.]+ s/step, \d+ training tok/s, MFU [\d.]+%", out, re.M), out
+    assert re.search(r"^\[step small\] profiled step .* non-model share [\d.]+%", out, re.M), out
+    # steady state apart from the warm-up exam
+    exam = re.search(r"^hf exam: 16 questions, batch 8: k=1 (\d+) tokens/s steady \((\d+) tokens.*warm-up [\d.]+ s\); "
+                     r"k=4 (\d+) tokens/s steady \((\d+) tokens", out, re.M)
     assert exam and int(exam[2]) > 0 and int(exam[4]) > int(exam[2]), out  # four samples generate more than one
     assert re.search(r"^vllm exam: (SKIP \(.+\)|16 questions)", out, re.M), out
     # the same round under accelerate launch (2 gloo processes)
@@ -78,7 +83,7 @@ def test_the_bundle_carries_what_a_bare_image_lacks_for_every_check(tmp_path):
                     *map(str, (tmp_path / "bundle" / "whl").glob("*.whl"))], check=True)
     modules = sorted({m for ms in device_check.CHECK_MODULES.values() for m in ms})
     code = "import sys\nfor m in sys.argv[1:]:\n    __import__(m)\n    print('imported', m)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [target, site, SCRIPT.parents[1]]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [target, site, SCRIPT.parents[1], SCRIPT.parent]))}
     done = subprocess.run([sys.executable, "-S", "-c", code, *modules], capture_output=True, text=True, timeout=600,
                           env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

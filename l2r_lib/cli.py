@@ -178,7 +178,8 @@ def cmd_tables(args: argparse.Namespace) -> None:
         print(f"{run_dir}: " + ", ".join(str(p.relative_to(run_dir)) for p in written.values()))
     for table in write_seed_tables(runs):
         study = table.parent.parent
-        files = ["tables/seeds.md", "tables/seeds_by_round.md", "tables/gaps.md", "figures/seeds.png"]
+        files = ["tables/seeds.md", "tables/seeds_by_round.md", "tables/gaps.md", "figures/seeds.png",
+                 "figures/comparison.png"]
         print(f"{study}: {', '.join(f for f in files if (study / f).is_file())} (over seeds)")
     _refresh_claims(Path(root))
 

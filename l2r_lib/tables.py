@@ -232,12 +232,12 @@ def _markdown(table: pd.DataFrame, index: bool = False) -> str:
 
 
 def write_seed_tables(runs: list[Path]) -> list[Path]:
-    """``<parent>/tables/seeds.md|csv`` (the last round), ``seeds_by_round.md|csv`` and
-    ``figures/seeds.png`` for every parent folder that holds runs of one config under several seeds;
-    returns each parent's ``seeds.md``."""
+    """``<parent>/tables/seeds.md|csv`` (the last round), ``seeds_by_round.md|csv``, ``gaps.md|csv`` (the 2x2),
+    ``figures/seeds.png`` and ``figures/comparison.png`` for every parent folder that holds runs of one config
+    under several seeds; returns each parent's ``seeds.md``."""
     import yaml
 
-    from .figures import plot_seeds
+    from .figures import plot_comparison, plot_seeds
 
     groups: dict[Path, list[Path]] = {}
     for run_dir in runs:
@@ -288,6 +288,10 @@ def write_seed_tables(runs: list[Path]) -> list[Path]:
                 f"number.\n\n{_markdown(reflection)}\n")
         (parent / "figures").mkdir(exist_ok=True)
         plot_seeds(per_round, parent / "figures" / "seeds.png", caption=f"`{name}`, seeds {seeds}.")
+        plot_comparison(per_round, long_gaps, parent / "figures" / "comparison.png",
+                        caption=f"`{name}`, seeds {seeds}. Bands: the seeds' range (min to max). Gaps: each seed's "
+                        "(hollow) and pooled over question x seed pairs, with a paired bootstrap 95% interval that "
+                        "resamples those pairs; the seeds' own variation is not in it (tables/gaps.md).")
         written.append(parent / "tables" / "seeds.md")
     return written
 

@@ -326,8 +326,7 @@ def plot_distances(rnd: pipeline.Round):
     ax.set(xlabel="step", ylabel="1 − cos", title=f"{rnd.where}: triplet distances in training (mean a batch)",
            ylim=(0, None))
     ax.legend(fontsize=8, frameon=False)
-    add_caption(fig, caption(rnd))
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    add_caption(fig, caption(rnd))  # lays the figure out above it
     return fig
 
 

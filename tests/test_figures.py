@@ -1,11 +1,13 @@
-"""The run figures: accuracy by round with interval bars, losses as small multiples, captions."""
+"""The figures: accuracy by round with interval bars, losses as small multiples, a study's seeds and its comparison;
+captions that never run over an axis label."""
 
 import csv
 import json
 
 import numpy as np
+import pandas as pd
 
-from l2r_lib.figures import plot_accuracy_by_round, plot_losses
+from l2r_lib.figures import plot_accuracy_by_round, plot_comparison, plot_losses, plot_seeds
 from l2r_lib.tables import collect_metrics, round_intervals
 from l2r_lib.records import ExamRecord, save_jsonl
 
@@ -58,3 +60,68 @@ def test_losses_small_multiples_show_triplet_only_where_trained(tmp_path):
     assert not std_triplet.axison and len(std_triplet.lines) == 0
     steps = np.concatenate([line.get_xdata() for line in top[0].lines])
     assert steps.max() == 12  # round 2 follows round 1 on one step axis
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_losses_read_well_caption_apart_ticks_kept_rounds_labelled(tmp_path):
+    """The caption never runs over an axis label, an MLE panel above an empty one keeps its step labels,
+    round starts are labelled, and the text is large enough to read."""
+    _run(tmp_path)
+    fig = plot_losses(tmp_path, caption="Run x, student s, teacher: " + "a long description of the teachers " * 12)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (caption,) = [t for t in fig.texts if t.get_text().startswith("Run x")]
+    below = caption.get_window_extent(renderer)
+    for ax in fig.axes:
+        if ax.axison:
+            assert not _overlaps(ax.get_tightbbox(renderer), below), ax.get_title()
+    tailored, std_cot = fig.axes[0], fig.axes[1]  # std-cot trains no triplet loss: its lower panel is empty
+    assert std_cot.get_xlabel() and any(t.get_visible() and t.get_text() for t in std_cot.get_xticklabels())
+    assert {t.get_text() for t in tailored.texts} == {"r1", "r2"}  # where each round starts
+    assert min(t.get_fontsize() for t in std_cot.get_xticklabels()) >= 10
+
+
+def _per_round(tasks=("multiarith", "svamp")):
+    rows = []
+    for task, scale in zip(tasks, (1, 10)):
+        for method in ("tailored", "no-reflection", "std-cot"):
+            for seed in (0, 1, 2):
+                for k in (0, 1) if method == "std-cot" else (0, 1, 2):
+                    rows.append({"method": method, "task": task, "round": k, "seed": seed,
+                                 "accuracy": scale * (2 + k + seed)})
+    return pd.DataFrame(rows)
+
+
+def test_seeds_show_their_range_and_each_task_its_own_y_range():
+    from matplotlib.collections import PolyCollection
+
+    fig = plot_seeds(_per_round())
+    rows = [fig.axes[:3], fig.axes[3:]]  # tasks as rows, methods as columns
+    tops = [{ax.get_ylim()[1] for ax in row} for row in rows]
+    assert all(len(t) == 1 for t in tops) and tops[0] != tops[1]  # shared within a task, not across
+    assert max(tops[0]) >= 6 and max(tops[1]) >= 60 and max(tops[0]) < 60  # each fits its own data
+    band = [c for c in rows[0][0].collections if isinstance(c, PolyCollection)]
+    assert band and band[0].get_paths()[0].vertices[:, 1].min() == 2  # the seeds' minimum: seed 0 at round 0
+
+
+def test_a_study_compares_methods_by_round_and_the_gaps_of_the_two_by_two(tmp_path):
+    from l2r_lib.tables import seed_gaps
+    from matplotlib.collections import PolyCollection
+
+    for seed in (0, 1):
+        run = tmp_path / f"seed-{seed}"
+        for method, right in (("tailored", 20 + seed), ("no-reflection", 10)):
+            _round(run, method, 2, np.arange(50) < right, 0.0)
+    per_round = _per_round(("multiarith",))
+    gaps = seed_gaps({s: collect_metrics(tmp_path / f"seed-{s}") for s in (0, 1)})
+    fig = plot_comparison(per_round, gaps, caption="`study`, seeds [0, 1].")
+    accuracy, gap = fig.axes[0], fig.axes[1]
+    assert [line.get_label() for line in accuracy.lines] == ["tailored", "std-cot", "no-reflection"]  # METHODS order
+    assert list(accuracy.get_xticks()) == [0, 1, 2]  # round 0 included
+    assert len([c for c in accuracy.collections if isinstance(c, PolyCollection)]) == 3  # the bands
+    (pooled,) = gap.containers  # the pooled gap with its interval
+    assert pooled.lines[0].get_xdata()[0] == 21.0  # (20 + 21 - 2 * 10) / 100 questions
+    assert gap.get_yticklabels()[0].get_text().startswith("tailored −")

@@ -179,7 +179,7 @@ class ReflectionTrainer(Trainer):
         self.use_reflection = use_reflection
         self.batch_sampler = batch_sampler
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: Trainer divides by grad_accum
-        self._metrics: dict[str, list[float]] = {k: [] for k in METRICS}
+        self._pending: list[torch.Tensor] = []  # per batch: mle, triplet, total, d_pos sum, d_neg sum, triplet rows
         self.add_callback(SamplerEpoch(batch_sampler))
 
     def get_train_dataloader(self) -> DataLoader:
@@ -267,23 +267,26 @@ class ReflectionTrainer(Trainer):
         return counts[0], counts[1]
 
     def record_metrics(self, values: torch.Tensor, triplets: torch.Tensor) -> None:
-        """Keep this batch's mle, triplet, total and mean distances, summed over the processes (each
-        process's losses are its share of the batch's, times the process count)."""
+        """Keep this batch's mle, triplet, total and summed distances, summed over the processes (each
+        process's losses are its share of the batch's, times the process count), on the device: they are
+        read at the next log, so a step waits for no copy to the host."""
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, reduction="sum")
-        mle, triplet, total, d_pos, d_neg = values.tolist()
-        share = self.accelerator.num_processes
-        for name, value in (("mle", mle / share), ("triplet", triplet / share), ("total", total / share)):
-            self._metrics[name].append(value)
-        if self.use_reflection and triplets.item() > 0:
-            self._metrics["d_pos"].append(d_pos / triplets.item())
-            self._metrics["d_neg"].append(d_neg / triplets.item())
+        self._pending.append(torch.cat([values, triplets.reshape(1).to(values.dtype)]))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics["total"]:
+        if "loss" in logs and self._pending:
+            share = self.accelerator.num_processes
+            metrics = {k: [] for k in METRICS}
+            for mle, triplet, total, d_pos, d_neg, triplets in torch.stack(self._pending).tolist():
+                for name, value in (("mle", mle / share), ("triplet", triplet / share), ("total", total / share)):
+                    metrics[name].append(value)
+                if self.use_reflection and triplets > 0:
+                    metrics["d_pos"].append(d_pos / triplets)
+                    metrics["d_neg"].append(d_neg / triplets)
             # d_pos/d_neg: means over the batches that had triplet rows (NaN: none had)
-            logs.update({k: sum(v) / len(v) if v else math.nan for k, v in self._metrics.items()})
-            self._metrics = {k: [] for k in self._metrics}
+            logs.update({k: sum(v) / len(v) if v else math.nan for k, v in metrics.items()})
+            self._pending = []
         super().log(logs, start_time)
 
 

@@ -131,3 +131,31 @@ def test_gaps_of_the_two_by_two_per_seed_and_pooled_over_question_seed_pairs(tmp
     assert gaps.loc["no-reflection − no-feedback-no-reflection", "pooled"] == -5.0
     text = (tmp_path / "tables" / "gaps.md").read_text()
     assert "question x seed pairs" in text and "seeds' own variation" in text and "nan" not in text
+
+
+def test_the_triplets_distances_over_seeds_from_metrics_or_from_losses(tmp_path):
+    """tables/reflection.md: each round's first- and last-step d(a,p), d(a,n), mean over seeds; a run made
+    before metrics.json held them gives them from its losses.csv (first and last step with distances)."""
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed-{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"name": "study", "seed": seed, "rounds": 2}))
+        _round(run, "tailored", 2, 30)
+        _round(run, "no-reflection", 2, 20)
+        d = run / "tailored" / "multiarith" / "round-2"
+        if seed == 0:
+            m = json.loads((d / "metrics.json").read_text())
+            m.update(d_pos_first=0.01, d_neg_first=0.02, d_pos_last=0.1, d_neg_last=0.8)
+            (d / "metrics.json").write_text(json.dumps(m))
+        else:  # an older run: the distances only in losses.csv (a step without a triplet row: NaN)
+            pd.DataFrame({"step": [1, 2, 3, 4], "d_pos": [0.03, 0.2, float("nan"), 0.3],
+                          "d_neg": [0.04, 0.5, float("nan"), 0.6]}).to_csv(d / "losses.csv", index=False)
+        runs.append(run)
+    write_seed_tables(runs)
+    table = pd.read_csv(tmp_path / "tables" / "reflection.csv").set_index("method")
+    row = table.loc["tailored"]
+    assert (row["seeds"], row["d_pos_first"], row["d_neg_first"]) == (2, 0.02, 0.03)
+    assert (row["d_pos_last"], row["d_neg_last"]) == (0.2, 0.7)
+    assert table.loc["no-reflection", ["d_pos_first", "d_neg_last"]].isna().all()  # no triplet, no distances
+    assert "first and last step" in (tmp_path / "tables" / "reflection.md").read_text()

@@ -1,6 +1,7 @@
 """One training round on the tiny student: data, prompt cache, losses going down, 4-bit, resume."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -290,6 +291,26 @@ def test_gradient_reaches_the_positive_and_negative_views(tmp_path, tokenizer):
                 continue
             grads = torch.autograd.grad(loss, lora, retain_graph=True)
             assert all(g.abs().sum() > 0 for g in grads), name
+
+
+def test_a_training_step_copies_nothing_to_the_host_and_the_log_reads_its_figures(tmp_path, tokenizer, monkeypatch):
+    """A step keeps its mle, triplet and distances on the device (on a GPU ``.item()``/``.tolist()`` wait
+    for every kernel queued before them); the next log reads them: finite, the distances in [0, 2]."""
+    model = tiny_lora().train()
+    feats, batch = cache_batch(tokenizer)
+    trainer = reflection_trainer(tmp_path, feats, TrainConfig(batch_size=4), model)
+    copies = []
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name: copies.append(_n) or _o(self, *a))
+    for _ in range(2):
+        trainer.compute_loss(model, batch).backward()
+    assert copies == []
+    monkeypatch.undo()
+    logs = {"loss": 1.0}
+    trainer.log(logs)
+    assert all(math.isfinite(logs[k]) for k in ("mle", "triplet", "total", "d_pos", "d_neg")), logs
+    assert 0 <= logs["d_pos"] <= 2 and 0 <= logs["d_neg"] <= 2 and trainer._pending == []
 
 
 @pytest.mark.floor

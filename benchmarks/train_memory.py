@@ -23,6 +23,7 @@ process itself). The last line: ``peak: X.XX GiB (measured|extrapolated ...) tar
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import gc
 import os
@@ -175,6 +176,8 @@ def measure_step(run_cfg, layers: int | None = None, progress=print, tokenizer_d
         class Meter(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
                 gc.collect()
+                if not gpu:  # hand the heap that loading freed back to the OS: RSS before the step is then what lives
+                    ctypes.CDLL("libc.so.6").malloc_trim(0)
                 if gpu:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()

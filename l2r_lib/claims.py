@@ -43,6 +43,11 @@ def _minutes(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 
+def _count(value) -> str:
+    """A count as a reader writes it; "–" where a round has none (round 0 asks no teacher, trains nothing)."""
+    return "–" if pd.isna(value) else str(int(value))
+
+
 def render_rounds(run: Path) -> str:
     """Per (method, task, round) of a run: what the README says of its rounds, from ``tables``' functions."""
     from .tables import collect_metrics, round_intervals
@@ -60,8 +65,8 @@ def render_rounds(run: Path) -> str:
         dist = "–" if pd.isna(row.d_pos_first) else f"{row.d_pos_first:.3f}, {row.d_neg_first:.3f}"
         lines.append((f"| `{row.method}` | {row.task} " if several else "")
                      + f"| {row.round} | {100 * row.accuracy:.1f}% | {round(row.accuracy * row.questions)} of "
-                     f"{row.questions} | {lo:.1f}–{hi:.1f}% | {row.teacher_kept} ({row.teacher_questions}) "
-                     f"| {row.rows_with_triplet} | {dist} |")
+                     f"{row.questions} | {lo:.1f}–{hi:.1f}% | {_count(row.teacher_kept)} ({_count(row.teacher_questions)}) "
+                     f"| {_count(row.rows_with_triplet)} | {dist} |")
     return "\n".join(lines)
 
 
@@ -69,7 +74,8 @@ def render_duration(run: Path) -> str:
     """Inline: the run's wall time (the sum of ``tables/stage_seconds.csv``) and each training's."""
     table = pd.read_csv(_table(run, "stage_seconds", ".csv"))
     stages = [c for c in table.columns if c[:2].isdigit()]
-    training = " and ".join(f"{round(s / 60)}" for s in table["03_round_training"].fillna(0))
+    trained = table[table["round"] > 0] if "round" in table else table  # round 0 evaluates the untrained student only
+    training = " and ".join(f"{round(s / 60)}" for s in trained["03_round_training"].fillna(0))
     return f"{_minutes(table[stages].fillna(0).to_numpy().sum())} (training {training} min)"
 
 

@@ -338,7 +338,7 @@ class StageFailed(RuntimeError):
         name, value = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
         last = " ".join(redact(f"{name}: {value}").split())
         super().__init__(f"stage {stage} of {rnd.method}/{rnd.task}/round-{rnd.round_idx} failed: {last}; "
-                         f"see {rnd.dir / f'{stage}.ipynb'}")
+                         f"see {Path(rnd.shown_dir) / f'{stage}.ipynb'}")  # never the machine's path
 
 
 def manifest(cfg: RunConfig, params: str | Path) -> dict:

@@ -101,7 +101,7 @@ def test_a_refusing_endpoint_fails_the_stage_in_one_line_and_the_key_is_written_
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert lines[0].startswith("l2r: error: stage 02_teacher_prompting of std-cot/synthetic/round-1 failed: "
                                f"TeacherRequestError: {TRAIN} of {TRAIN} teacher requests")
-    assert lines[0].endswith(f"; see {nb}") and "HTTP 401" in lines[0] and "not retryable" in lines[0]
+    assert lines[0].endswith(f"; see {os.path.relpath(nb)}") and "HTTP 401" in lines[0] and "not retryable" in lines[0]
     assert "6 retries" not in lines[0] and nb.is_file()
     assert DUMMY_KEY not in res.stderr + res.stdout and files_containing(run_dir, DUMMY_KEY) == []
     # the notebook holds the error, masked
@@ -129,7 +129,7 @@ def test_a_shared_round_1_does_not_bill_the_donors_requests_again(tmp_path):
     billed = {"teacher_requests": 48, "teacher_abandoned": 2, "teacher_cost_usd": 0.5, "teacher_kept": 40}
     (donor.dir / "metrics.json").write_text(json.dumps({"method": "tailored", "round": 1, **billed}))
     shared = pipeline.Round(cfg, tmp_path, "no-feedback", "synthetic", 1)
-    runner.share_round1(shared, "tailored")
+    runner.share_round(shared, "tailored")
     metrics = json.loads((shared.dir / "metrics.json").read_text())
     assert metrics["shared_from"] == "tailored" and metrics["teacher_kept"] == 40  # trained on the same examples
     assert (metrics["teacher_requests"], metrics["teacher_abandoned"], metrics["teacher_cost_usd"]) == (0, 0, 0)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .config import METHODS
 from .evaluation import contradiction_stats, triplet_rows
+from .methods import METHODS as DECLARED
 from .records import ExamRecord, load_jsonl
 
 def collect_metrics(results_root: str | Path) -> pd.DataFrame:
@@ -168,11 +169,14 @@ def seed_table(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
     return table.sort_values(["task", "method"], key=lambda c: c.map(order) if c.name == "method" else c).round(1)
 
 
-# the 2x2 of feedback x self-reflection: (factor, with it, without it), the other factor held fixed
-GAPS = (("self-reflection", "tailored", "no-reflection"),
-        ("self-reflection", "no-feedback", "no-feedback-no-reflection"),
-        ("feedback", "tailored", "no-feedback"),
-        ("feedback", "no-reflection", "no-feedback-no-reflection"))
+def two_by_two() -> list[tuple[str, str, str]]:
+    """The 2x2 of feedback x self-reflection, read from the methods' declarations: (factor, the method with it,
+    its twin without it) for every pair of multi-round methods on the same mistaken questions that differ in
+    that factor alone."""
+    cell = [m for m in DECLARED.values() if m.multi_round and m.questions == "mistakes"]
+    factors = {"self-reflection": lambda m: (m.reflection, m.feedback), "feedback": lambda m: (m.feedback, m.reflection)}
+    return [(factor, a.name, b.name) for factor, key in factors.items() for a in cell for b in cell
+            if key(a)[0] and not key(b)[0] and key(a)[1] == key(b)[1]]
 
 
 def seed_gaps(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
@@ -184,7 +188,7 @@ def seed_gaps(by_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
     tasks = list(dict.fromkeys(t for f in finals.values() for _, t in f))
     rows = []
     for task in tasks:
-        for factor, a, b in GAPS:
+        for factor, a, b in two_by_two():
             pairs = {s: (f[(a, task)], f[(b, task)]) for s, f in finals.items()
                      if (a, task) in f and (b, task) in f and len(f[(a, task)]) == len(f[(b, task)])}
             pooled = ([c for ca, _ in pairs.values() for c in ca], [c for _, cb in pairs.values() for c in cb])

@@ -59,10 +59,12 @@ def lock_text() -> str:
 def read_lock(path: Path = LOCK) -> dict[str, str]:
     """``{name: version}`` of a lock file's ``name==version`` lines."""
     pins = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if line := line.split("#")[0].strip():
-            name, version = re.fullmatch(r"([\w.-]+)==([\w.!+-]+)", line).groups()
-            pins[canonicalize_name(name)] = version
+            pin = re.fullmatch(r"([\w.-]+)==([\w.!+-]+)", line)
+            if pin is None:
+                raise ValueError(f"{path}:{number}: {line!r} is not a name==version pin (rewrite it: make lock)")
+            pins[canonicalize_name(pin[1])] = pin[2]
     return pins
 
 

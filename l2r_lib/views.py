@@ -336,7 +336,7 @@ def evaluation_settings(rnd: pipeline.Round) -> str:
     """The test exam of this round and how accuracy and its interval are computed."""
     return "\n".join([
         f"exam:     {len(rnd.examples('test'))} test questions, greedy decoding, "
-        + ("the untrained student (round 0: the baseline every round starts from)" if rnd.round_idx == 0
+        + ("the untrained student (round 0: the baseline every round starts from)" if rnd.round_idx == pipeline.BASELINE_ROUND
            else f"round {rnd.round_idx}'s adapter"),
         "accuracy: acc = (1/N) Σ_q 1[ŷ_q = y_q]; 95% interval: percentile bootstrap over the test questions",
     ])
@@ -350,7 +350,7 @@ def accuracies(rnd: pipeline.Round) -> str:
         if exam:
             correct = correct_by_id(exam)
             lo, hi = bootstrap_interval(correct)
-            when = "of the untrained student (round 0)" if k == 0 else f"after round {k}"
+            when = "of the untrained student (round 0)" if k == pipeline.BASELINE_ROUND else f"after round {k}"
             lines.append(f"test accuracy {when} = {sum(correct) / len(correct):.1%}, "
                          f"95% interval [{lo:.1%}, {hi:.1%}], {len(correct)} questions")
     return "\n".join(lines)
@@ -358,7 +358,7 @@ def accuracies(rnd: pipeline.Round) -> str:
 
 def changes(rnd: pipeline.Round) -> str:
     """How many test questions this round fixed and broke, and the net change."""
-    if rnd.round_idx == 0:
+    if rnd.round_idx == pipeline.BASELINE_ROUND:
         return "round 0: the untrained student, the baseline the rounds are compared with."
     if not (rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl").is_file():
         return f"round {rnd.round_idx}: no test exam of round {rnd.round_idx - 1} to compare with (a run made before round 0)."

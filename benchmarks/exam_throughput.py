@@ -23,8 +23,9 @@ import torch
 from l2r_lib.answers import extract_answer
 from l2r_lib.cpu import native_bf16
 from l2r_lib.config import ExamConfig, TrainConfig
-from l2r_lib.exam import run_exam, trim_completion
-from l2r_lib.exam_vllm import vllm_python
+from l2r_lib.exam import run_exam
+from l2r_lib.exam.grading import trim_completion
+from l2r_lib.exam.vllm_engine import vllm_python
 from l2r_lib.prompts import build_prompt
 from l2r_lib.student import load_student
 from l2r_lib.tasks import get_task, load_examples

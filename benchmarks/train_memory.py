@@ -144,8 +144,8 @@ def measure_step(run_cfg, layers: int | None = None, progress=print, tokenizer_d
     from transformers import TrainerCallback
 
     from device_check import build_student_dir
-    from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
-    from l2r_lib.training import ReflectionTrainer, build_student, training_arguments, training_dtype
+    from l2r_lib.training.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
+    from l2r_lib.training.trainer import ReflectionTrainer, build_student, training_arguments, training_dtype
 
     gpu = torch.cuda.is_available()
     layers = layers or full_layers(run_cfg.student.name)

@@ -44,8 +44,8 @@ from l2r_lib import cpu, paths
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import ExamRecord, TeacherRecord
 from l2r_lib.tasks import load_examples
-from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
-from l2r_lib.training import ReflectionTrainer, build_student, training_arguments
+from l2r_lib.training.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
+from l2r_lib.training.trainer import ReflectionTrainer, build_student, training_arguments
 
 BATCH = 4  # distinct questions per batch
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)

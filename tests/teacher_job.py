@@ -10,7 +10,7 @@ import argparse
 from l2r_lib.config import TeacherConfig
 from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher
-from l2r_lib.teacher.data import save_round
+from l2r_lib.teacher import save_round
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 import pytest
 
 from l2r_lib import arithmetic
-from l2r_lib.evaluation import error_type, first_false_claim
+from l2r_lib.report.evaluation import error_type, first_false_claim
 from l2r_lib.records import ExamRecord
 from l2r_lib.teacher.teachers import describe_mistake, first_wrong_step
 

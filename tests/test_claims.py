@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from l2r_lib.claims import (BLOCK, current_runs, history_note, readmes, refresh, run_folders, stale_blocks)
+from l2r_lib.report.claims import BLOCK, current_runs, history_note, readmes, refresh, run_folders, stale_blocks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,7 @@ def test_every_committed_block_is_what_its_tables_give_now():
     assert {("README.md", "rounds", "results/default"), ("README.md", "duration", "results/default"),
             ("results/miniature-faithful/README.md", "seeds", "results/miniature-faithful")} <= blocks
     stale = {r.relative_to(REPO).as_posix(): stale_blocks(r, REPO) for r in readmes(REPO)}
-    assert all(not s for s in stale.values()), f"stale blocks (run `python -m l2r_lib.claims refresh`): {stale}"
+    assert all(not s for s in stale.values()), f"stale blocks (run `python -m l2r_lib.report.claims refresh`): {stale}"
 
 
 def _copy_default(tmp_path: Path) -> Path:

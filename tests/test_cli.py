@@ -137,7 +137,7 @@ def test_a_read_only_output_folder_is_one_line(tmp_path):
 
 
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys, data_dir):
-    from l2r_lib import runner
+    from l2r_lib.run import runner
 
     def full(*args, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.ipynb"))
@@ -174,7 +174,7 @@ def test_an_error_message_never_shows_the_key(tmp_path, monkeypatch, capsys):
 
 def test_fallback_params_are_written_only_under_the_runs_lock(tmp_path):
     """--fallback on a run folder another process writes: refused in one line, nothing written into it."""
-    from l2r_lib import run_lock
+    from l2r_lib.run import lock as run_lock
 
     out = tmp_path / "out"
     run_lock.hold(out)  # this process plays the other run

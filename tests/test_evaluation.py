@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from l2r_lib.evaluation import error_type
-from l2r_lib.tables import bootstrap_interval, collect_metrics, interval_table, paper_table
+from l2r_lib.report.evaluation import error_type
+from l2r_lib.report.tables import bootstrap_interval, collect_metrics, interval_table, paper_table
 from l2r_lib.records import ExamRecord, save_jsonl
 
 
@@ -72,7 +72,7 @@ def test_last_computed_result_reads_the_last_equals_number():
 
 
 def test_contradiction_rate_on_hand_made_records():
-    from l2r_lib.evaluation import contradiction_stats, contradicts_last_step
+    from l2r_lib.report.evaluation import contradiction_stats, contradicts_last_step
 
     assert contradicts_last_step("85 - 84 = 1.", "85") is True
     assert contradicts_last_step("85 - 84 = 1.", "1") is False
@@ -90,7 +90,7 @@ def test_contradiction_rate_on_hand_made_records():
 
 
 def test_diagnostics_table_reads_triplet_rows_and_contradictions_per_round(tmp_path):
-    from l2r_lib.tables import write_tables
+    from l2r_lib.report.write import write_tables
 
     for k, answers, triplets in ((1, ["1", "9"], 12), (2, ["1", "1"], None)):
         d = tmp_path / "tailored" / "multiarith" / f"round-{k}"
@@ -108,7 +108,7 @@ def test_diagnostics_table_reads_triplet_rows_and_contradictions_per_round(tmp_p
     assert "contradicts" in (tmp_path / "tables" / "diagnostics.md").read_text()
     (tmp_path / "tailored" / "multiarith" / "round-1" / "train_config.yaml").write_text(
         "use_reflection: false\nrows_with_triplet: 12\n")  # counted, but no triplet loss was trained
-    from l2r_lib.evaluation import triplet_rows
+    from l2r_lib.report.evaluation import triplet_rows
 
     assert triplet_rows(tmp_path / "tailored" / "multiarith" / "round-1") == 0
 
@@ -119,7 +119,7 @@ def test_one_set_of_answers_has_one_interval_in_every_table(tmp_path):
     import random
 
     from l2r_lib.records import ExamRecord, save_jsonl
-    from l2r_lib.tables import interval_table, round_intervals
+    from l2r_lib.report.tables import interval_table, round_intervals
 
     rng = random.Random(0)
     records = [ExamRecord(f"q-{i:03d}", "q", "1", "", ["r"], ["1"], [rng.random() < 0.3]) for i in range(120)]

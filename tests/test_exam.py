@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from l2r_lib.config import ExamConfig
-from l2r_lib import exam
-from l2r_lib.exam import AnswerLineStop, run_exam, save_exam, trim_completion
+from l2r_lib.exam import hf
+from l2r_lib.exam.hf import AnswerLineStop
+from l2r_lib.exam import run_exam, save_exam
+from l2r_lib.exam.grading import trim_completion
 from l2r_lib.prompts import build_prompt, format_target
 from l2r_lib.records import ExamRecord, load_jsonl
 from l2r_lib.student import build_tiny_student, load_tokenizer
@@ -132,7 +134,7 @@ def test_a_static_cache_gives_the_same_greedy_answers_on_a_tiny_model():
     runs = [run_exam(model, tok, examples, "synthetic", ExamConfig(max_new_tokens=12, batch_size=4, cache=c),
                      progress=False) for c in ("dynamic", "static")]
     assert [r.completions for r in runs[0].records] == [r.completions for r in runs[1].records]
-    assert ExamConfig().cache == "auto" and exam.cache_kind(ExamConfig(), model) == "dynamic"  # CPU results stay
+    assert ExamConfig().cache == "auto" and hf.cache_kind(ExamConfig(), model) == "dynamic"  # CPU results stay
 
 
 def test_a_static_cache_changes_no_greedy_answer_of_smollm2(smollm2, data_dir):

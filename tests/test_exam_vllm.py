@@ -14,9 +14,9 @@ import torch
 
 from l2r_lib.config import ExamConfig, load_config
 from l2r_lib.exam import run_exam
-from l2r_lib.exam_vllm import vllm_python
+from l2r_lib.exam.vllm_engine import vllm_python
 from l2r_lib.prompts import ANSWER_PREFIX
-from l2r_lib.vllm_worker import next_stops
+from l2r_lib.exam.vllm_worker import next_stops
 
 
 def _have_vllm() -> bool:
@@ -90,7 +90,7 @@ def multiarith_64(data_dir):
 def test_vllm_exam_gives_the_hf_answers_with_the_adapter(smollm2_lora, multiarith_64, caplog):
     model, tokenizer = smollm2_lora
     cfg = ExamConfig(max_new_tokens=160, batch_size=64)
-    with caplog.at_level(logging.INFO, logger="l2r_lib.exam_vllm"):
+    with caplog.at_level(logging.INFO, logger="l2r_lib.exam.vllm_engine"):
         vllm = run_exam(model, tokenizer, multiarith_64, "multiarith", dataclasses.replace(cfg, engine="vllm"),
                         progress=False)
     assert "merged" not in caplog.text  # Llama: the adapter went through vLLM's LoRA support
@@ -149,7 +149,7 @@ def test_architecture_without_vllm_lora_is_served_merged(caplog, tmp_path):
     model = _lora(AutoModelForCausalLM.from_pretrained(tmp_path / "gptj"), ["q_proj", "v_proj"], std=0.5)
     examples = [Example(f"q{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(4)]
     cfg = ExamConfig(max_new_tokens=12)
-    with caplog.at_level(logging.INFO, logger="l2r_lib.exam_vllm"):
+    with caplog.at_level(logging.INFO, logger="l2r_lib.exam.vllm_engine"):
         vllm = run_exam(model, tokenizer, examples, "multiarith", dataclasses.replace(cfg, engine="vllm"), progress=False)
     assert "no LoRA support for ['GPTJForCausalLM']" in caplog.text  # asked vLLM, then merged
     assert isinstance(model, PeftModel) and any("lora_A" in n for n, _ in model.named_parameters())

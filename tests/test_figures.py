@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from l2r_lib.figures import plot_accuracy_by_round, plot_comparison, plot_losses, plot_seeds
-from l2r_lib.tables import collect_metrics, round_intervals
+from l2r_lib.report.figures import plot_accuracy_by_round, plot_comparison, plot_losses, plot_seeds
+from l2r_lib.report.tables import collect_metrics, round_intervals
 from l2r_lib.records import ExamRecord, save_jsonl
 
 
@@ -108,7 +108,7 @@ def test_seeds_show_their_range_and_each_task_its_own_y_range():
 
 
 def test_a_study_compares_methods_by_round_and_the_gaps_of_the_two_by_two(tmp_path):
-    from l2r_lib.tables import seed_gaps
+    from l2r_lib.report.tables import seed_gaps
     from matplotlib.collections import PolyCollection
 
     for seed in (0, 1):

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from l2r_lib.pipeline import NOTEBOOKS
+from l2r_lib.rounds import NOTEBOOKS
 
 pytestmark = pytest.mark.slow
 
@@ -141,16 +141,16 @@ def test_stage_summaries_are_shown_rounded_and_name_what_they_count(tiny):
     def saved(name: str) -> dict:
         return json.loads((tiny / "tailored" / "synthetic" / "round-2" / f"{name}.done.json").read_text())
 
-    exam = shown("01_mistake_analysis", "pipeline.mistake_analysis(rnd)")
+    exam = shown("01_mistake_analysis", "stages.mistake_analysis(rnd)")
     assert "'first_sample_wrong'" in exam and "'mistaken_questions'" in exam and "'mistakes'" not in exam
     s = saved("01_mistake_analysis")
     assert s["first_sample_wrong"] == round(s["questions"] * (1 - s["accuracy"]))
     assert s["first_sample_wrong"] <= s["mistaken_questions"] <= s["questions"]
-    assert "'keep_share'" in shown("02_teacher_prompting", "pipeline.teacher_prompting(rnd)")
+    assert "'keep_share'" in shown("02_teacher_prompting", "stages.teacher_prompting(rnd)")
     s = saved("02_teacher_prompting")
     assert s["keep_share"] == s["kept_records"] / s["records"]
     assert s["questions_kept_share"] == s["questions_kept"] / s["questions"]
-    assert "'d_pos_first'" in shown("03_round_training", "pipeline.round_training(rnd)")
+    assert "'d_pos_first'" in shown("03_round_training", "stages.round_training(rnd)")
     assert "wrong" in saved("04_evaluation")
 
 
@@ -180,14 +180,15 @@ def test_the_triplet_distances_shown_are_those_training_computes(tiny):
     the anchor's prompt cache continued by the positive and the negative, for every representation."""
     import torch
 
-    from l2r_lib import pipeline, views
+    from l2r_lib import rounds
+    from l2r_lib.report import views
     from l2r_lib.config import load_config
-    from l2r_lib.reflection import REPRESENTATIONS, cosine_distance
-    from l2r_lib.batches import ReflectionCollator
+    from l2r_lib.training.losses import REPRESENTATIONS, cosine_distance
+    from l2r_lib.training.batches import ReflectionCollator
     from l2r_lib.student import output_cache
-    from l2r_lib.training import continuation_hidden, prompt_cache
+    from l2r_lib.training.trainer import continuation_hidden, prompt_cache
 
-    rnd = pipeline.Round(load_config(tiny / "config.yaml"), tiny, "tailored", "synthetic", 2)
+    rnd = rounds.Round(load_config(tiny / "config.yaml"), tiny, "tailored", "synthetic", 2)
     model, tokenizer = rnd.student(rnd.dir / "adapter")
     row = views.first_triplet_row(rnd, tokenizer)
     batch = ReflectionCollator(tokenizer.pad_token_id)([row])
@@ -209,11 +210,12 @@ def test_without_the_adapters_the_triplet_example_says_so(tiny, tmp_path):
     """A clone of committed results has no adapters: notebook 03's example says so instead of failing."""
     import shutil
 
-    from l2r_lib import pipeline, views
+    from l2r_lib import rounds
+    from l2r_lib.report import views
     from l2r_lib.config import load_config
 
     clone = tmp_path / "tiny"
     shutil.copytree(tiny, clone, ignore=shutil.ignore_patterns("adapter", "checkpoints"))
-    rnd = pipeline.Round(load_config(clone / "config.yaml"), clone, "tailored", "synthetic", 2)
+    rnd = rounds.Round(load_config(clone / "config.yaml"), clone, "tailored", "synthetic", 2)
     assert views.triplet_example(rnd) == ("round-1's adapter is not here (adapters are not committed; `l2r run` "
                                           "trains it again from the saved data): no distances to show.")

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from l2r_lib import pipeline, runner
+from l2r_lib import rounds
+from l2r_lib.run import folder, runner, stages
 
 DUMMY_KEY = "sk-l2r-DUMMY-never-write-me-4242"
 
@@ -53,9 +54,9 @@ def test_killed_run_resumes_without_repeating_round_1(tiny_run):
 @pytest.mark.floor
 def test_every_notebook_of_every_round_executed(tiny_run):
     run = tiny_run["dir"]
-    for method, rounds in [("tailored", 2), ("std-cot", 1), ("no-feedback", 2)]:
-        for k in range(0, rounds + 1):
-            for nb in pipeline.NOTEBOOKS if k else ["04_evaluation"]:
+    for method, last in [("tailored", 2), ("std-cot", 1), ("no-feedback", 2)]:
+        for k in range(0, last + 1):
+            for nb in rounds.NOTEBOOKS if k else ["04_evaluation"]:
                 out = run / method / "synthetic" / f"round-{k}" / f"{nb}.ipynb"
                 cells = json.loads(out.read_text())["cells"]
                 errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -132,10 +133,10 @@ def test_round_2_exam_after_a_shared_round_1_is_shared_and_is_the_same_computati
     # the exam no-feedback takes itself, from its own (copied) round-1 adapter, is the donor's
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
-    rnd = pipeline.Round(load_config(copy / "config.yaml"), copy, "no-feedback", "synthetic", 2)
+    rnd = rounds.Round(load_config(copy / "config.yaml"), copy, "no-feedback", "synthetic", 2)
     shutil.rmtree(rnd.dir)
     rnd.dir.mkdir()
-    summary = pipeline.mistake_analysis(rnd)
+    summary = stages.mistake_analysis(rnd)
     assert "shared_from" not in summary
     assert load_jsonl(ExamRecord, rnd.dir / "exam_train.jsonl") == load_jsonl(ExamRecord, donor / "exam_train.jsonl")
     # what sharing copies is everything stage 01 writes (its notebook comes from papermill)
@@ -179,15 +180,15 @@ def test_each_method_asks_the_teacher_about_the_questions_its_declaration_names(
     from l2r_lib.records import ExamRecord, save_jsonl
 
     cfg = load_config(REPO / "params" / "tiny.yaml", overrides={"methods": list(METHODS)})
-    train = pipeline.Round(cfg, tmp_path, "tailored", "synthetic", 2).examples("train")
+    train = rounds.Round(cfg, tmp_path, "tailored", "synthetic", 2).examples("train")
     verdicts = {0: [True, True], 1: [True, False], 2: [False, False]}  # q1: only the 2nd sample is wrong
     exam = [ExamRecord(ex.id, ex.question, ex.answer, "p", [f"{i} + 1 = 9.", f"{i} + 2 = 9."], ["9", "9"],
                        verdicts.get(i, [True, True])) for i, ex in enumerate(train)]
     mistaken = [train[1].id, train[2].id]
     for name in METHODS:
-        rnd = pipeline.Round(cfg, tmp_path, name, "synthetic", 2)
+        rnd = rounds.Round(cfg, tmp_path, name, "synthetic", 2)
         save_jsonl(exam, rnd.dir / "exam_train.jsonl")
-        _, questions, mistakes = pipeline._teacher_job(rnd)
+        _, questions, mistakes = stages._teacher_job(rnd)
         spec = METHODS[name]
         if spec.questions == "random":
             assert len(questions) == 2 and not mistakes, name
@@ -196,7 +197,7 @@ def test_each_method_asks_the_teacher_about_the_questions_its_declaration_names(
                 (train[1].id, "1 + 2 = 9."), (train[2].id, "2 + 1 = 9."), (train[2].id, "2 + 2 = 9.")], name
         elif spec.multi_round:
             assert [q.id for q in questions] == mistaken and not mistakes, name
-        _, round1, _ = pipeline._teacher_job(pipeline.Round(cfg, tmp_path, name, "synthetic", 1))
+        _, round1, _ = stages._teacher_job(rounds.Round(cfg, tmp_path, name, "synthetic", 1))
         assert round1 == train
     assert METHODS["std-cot"].rounds(cfg.rounds) == 1 and METHODS["no-feedback"].rounds(cfg.rounds) == cfg.rounds
 
@@ -244,7 +245,7 @@ def test_a_retrained_adapter_that_parts_from_its_recording_is_flagged(tiny_run, 
     run = tmp_path / "run"
     shutil.copytree(tiny_run["dir"] / "tailored" / "synthetic" / "round-1", run / "tailored" / "synthetic" / "round-1",
                     ignore=shutil.ignore_patterns("adapter", "checkpoints"))
-    rnd = pipeline.Round(runner.load_config(tiny_run["dir"] / "config.yaml"), run, "tailored", "synthetic", 1)
+    rnd = rounds.Round(runner.load_config(tiny_run["dir"] / "config.yaml"), run, "tailored", "synthetic", 1)
     record = {p.name: p.read_bytes() for p in rnd.dir.glob("*") if p.is_file()}
     recorded = pd.read_csv(rnd.dir / "losses.csv")
 
@@ -314,11 +315,11 @@ def test_a_run_grows_by_a_method_and_std_cot_matched_draws_random_questions(tiny
 
     params["student"] = {**params.get("student", {}), "threads": 1}  # a machine setting: the same run goes on
     grown.write_text(yaml.safe_dump(params))
-    assert runner.prepare_run(grown, run)[0].student.threads == 1
+    assert folder.prepare_run(grown, run)[0].student.threads == 1
     params["rounds"] = 3  # anything but appended methods or tasks is another run
     grown.write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match="grows only by appending"):
-        runner.prepare_run(grown, run)
+        folder.prepare_run(grown, run)
 
 
 def test_records_hold_no_machine_path(tiny_run):

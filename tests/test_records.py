@@ -1,5 +1,5 @@
 """A committed current run reruns: the notebooks it executed are the shipped ones. A run folder is current
-unless it holds HISTORY.md (l2r_lib/claims.py); papermill's injected parameters cell aside, every code cell
+unless it holds HISTORY.md (l2r_lib/report/claims.py); papermill's injected parameters cell aside, every code cell
 of each executed notebook must equal the cell of `notebooks/` at the same place."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from l2r_lib.claims import current_runs
+from l2r_lib.report.claims import current_runs
 
 REPO = Path(__file__).resolve().parent.parent
 CURRENT = current_runs(REPO / "results")

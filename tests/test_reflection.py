@@ -1,10 +1,10 @@
-"""The losses of l2r_lib.reflection on small hand-made tensors."""
+"""The losses of l2r_lib.training.losses on small hand-made tensors."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from l2r_lib.reflection import (
+from l2r_lib.training.losses import (
     IGNORE_INDEX, REPRESENTATIONS, cosine_distance, last_token_repr, pooled_repr, triplet_distances, triplet_loss,
     chunked_mle_loss, weighted_mle_loss, without_end,
 )

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2r_lib.batches import build_features
+from l2r_lib.training.batches import build_features
 from l2r_lib.config import StudentConfig, TeacherConfig, TrainConfig
 from l2r_lib.records import ExamRecord, load_jsonl
-from l2r_lib.reflection import cosine_distance
+from l2r_lib.training.losses import cosine_distance
 from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher, mistakes_from_exam
 

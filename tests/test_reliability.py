@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from fault_proxy import FaultProxy
-from l2r_lib import pipeline, run_lock, runner
+from l2r_lib import rounds
+from l2r_lib.run import lock as run_lock, runner, stages
 from teacher_fixtures import DUMMY_KEY, files_containing
 
 TRAIN = 6  # teacher prompts of a run
@@ -71,7 +72,7 @@ def test_a_second_run_on_the_same_out_is_refused_and_nothing_is_paid_twice(tmp_p
         lines = _errors(second.stderr)
         assert len(lines) == 1 and f"pid {first.pid} on host {socket.gethostname()}" in lines[0], second.stderr
         with pytest.raises(run_lock.RunLockedError, match=f"pid {first.pid}"):  # a notebook opened by hand, too
-            pipeline.Round.open(run_dir / "config.yaml", "std-cot", "synthetic", 1, run_dir)
+            stages.open_round(run_dir / "config.yaml", "std-cot", "synthetic", 1, run_dir)
         done = run_dir / "std-cot" / "synthetic" / "round-1" / "02_teacher_prompting.done.json"
         assert _wait(done.is_file, first, 300)
     finally:
@@ -111,7 +112,7 @@ def test_a_refusing_endpoint_fails_the_stage_in_one_line_and_the_key_is_written_
 def test_the_teacher_table_shows_every_outcome_that_may_be_billed():
     import pandas as pd
 
-    from l2r_lib.tables import teacher_table
+    from l2r_lib.report.tables import teacher_table
 
     metrics = pd.DataFrame([{"method": "tailored", "task": "gsm8k", "round": 1, "teacher": "openai:x",
                              "teacher_requests": 501, "teacher_failed_after_response": 3, "teacher_abandoned": 40,
@@ -124,11 +125,11 @@ def test_a_shared_round_1_does_not_bill_the_donors_requests_again(tmp_path):
     from l2r_lib.config import load_config
 
     cfg = load_config(overrides={"methods": ["tailored", "no-feedback"], "tasks": ["synthetic"]})
-    donor = pipeline.Round(cfg, tmp_path, "tailored", "synthetic", 1)
+    donor = rounds.Round(cfg, tmp_path, "tailored", "synthetic", 1)
     donor.dir.mkdir(parents=True)
     billed = {"teacher_requests": 48, "teacher_abandoned": 2, "teacher_cost_usd": 0.5, "teacher_kept": 40}
     (donor.dir / "metrics.json").write_text(json.dumps({"method": "tailored", "round": 1, **billed}))
-    shared = pipeline.Round(cfg, tmp_path, "no-feedback", "synthetic", 1)
+    shared = rounds.Round(cfg, tmp_path, "no-feedback", "synthetic", 1)
     runner.share_round(shared, "tailored")
     metrics = json.loads((shared.dir / "metrics.json").read_text())
     assert metrics["shared_from"] == "tailored" and metrics["teacher_kept"] == 40  # trained on the same examples
@@ -202,7 +203,7 @@ def test_a_refused_question_is_dropped_within_max_failed_share_and_sent_again_on
 def test_the_teacher_table_counts_failed_and_rejected_requests():
     import pandas as pd
 
-    from l2r_lib.tables import teacher_table
+    from l2r_lib.report.tables import teacher_table
 
     metrics = pd.DataFrame([{"method": "tailored", "task": "gsm8k", "round": 1, "teacher": "openai:x",
                              "teacher_requests": 59, "teacher_rejected": 12, "teacher_failed": 1, "teacher_kept": 50,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from l2r_lib.tables import write_seed_tables
+from l2r_lib.report.write import write_seed_tables
 from l2r_lib.records import ExamRecord, save_jsonl
 
 
@@ -52,7 +52,8 @@ def _round(run, method, k, accuracy):
 
 def test_a_method_halfway_through_its_rounds_is_left_out_of_the_last_round_tables(tmp_path):
     """A study committed mid-way: no-reflection has 2 of its 3 rounds in seed 0, all 3 in seed 1."""
-    from l2r_lib.tables import accuracy_table, collect_metrics, interval_table, write_tables
+    from l2r_lib.report.tables import accuracy_table, collect_metrics, interval_table
+    from l2r_lib.report.write import write_tables
 
     runs = []
     for seed in (0, 1):
@@ -92,7 +93,7 @@ def test_a_method_halfway_through_its_rounds_is_left_out_of_the_last_round_table
 
 
 def test_last_round_tables_are_empty_not_broken_while_no_method_has_finished(tmp_path):
-    from l2r_lib.tables import write_tables
+    from l2r_lib.report.write import write_tables
 
     run = tmp_path / "run"
     run.mkdir()

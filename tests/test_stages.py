@@ -8,19 +8,21 @@ import sys
 import pytest
 
 from conftest import REPO
-from l2r_lib import pipeline, runner
+from l2r_lib import rounds
+from l2r_lib.report import views
+from l2r_lib.run import runner, stages
 from l2r_lib.cli import parse_sets
 
 TINY = REPO / "params" / "tiny.yaml"
 
 
 def test_overrides_are_checked_and_a_changed_run_names_the_fix(tmp_path):
-    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train.reflection_weight": 0.1})
+    rnd = stages.open_round(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train.reflection_weight": 0.1})
     assert rnd.cfg.train.reflection_weight == 0.1
     with pytest.raises(ValueError, match="train.reflection_weight"):
-        pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "bad", overrides={"train.reflection_weight": -1})
+        stages.open_round(TINY, "tailored", "synthetic", 1, tmp_path / "bad", overrides={"train.reflection_weight": -1})
     with pytest.raises(ValueError, match=r"train\.reflection_weight differ.*pass another run_dir"):
-        pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train.reflection_weight": 0.2})
+        stages.open_round(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train.reflection_weight": 0.2})
     assert parse_sets(["train.epochs=2", "methods=[tailored, std-cot]"]) == {"train.epochs": 2, "methods": ["tailored", "std-cot"]}
     with pytest.raises(ValueError, match="key=value"):
         parse_sets(["train.epochs"])
@@ -28,25 +30,25 @@ def test_overrides_are_checked_and_a_changed_run_names_the_fix(tmp_path):
 
 @pytest.mark.slow
 def test_a_finished_stage_says_so_and_force_runs_it_again(tmp_path, capsys):
-    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train_limit": 8})
-    first = pipeline.mistake_analysis(rnd)
+    rnd = stages.open_round(TINY, "tailored", "synthetic", 1, tmp_path / "run", overrides={"train_limit": 8})
+    first = stages.mistake_analysis(rnd)
     assert "has run" not in capsys.readouterr().out
     marker = rnd.dir / "01_mistake_analysis.done.json"
     stamp = marker.stat().st_mtime_ns
-    again = pipeline.mistake_analysis(rnd)
+    again = stages.mistake_analysis(rnd)
     assert again == first and marker.stat().st_mtime_ns == stamp
     assert "01_mistake_analysis of tailored/synthetic/round-1 has run" in capsys.readouterr().out
-    pipeline.mistake_analysis(rnd, force=True)
+    stages.mistake_analysis(rnd, force=True)
     assert marker.stat().st_mtime_ns != stamp
 
 
 def test_a_stage_without_its_input_stops_and_writes_nothing(tmp_path):
-    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 2, tmp_path / "run")
-    for stage, needs in ((pipeline.teacher_prompting, "01_mistake_analysis for round 2"),
-                         (pipeline.mistake_analysis, "03_round_training for round 1"),
-                         (pipeline.round_training, "02_teacher_prompting for round 2"),
-                         (pipeline.evaluation, "03_round_training for round 2")):
-        with pytest.raises(pipeline.MissingInput, match=f"run {needs} first"):
+    rnd = stages.open_round(TINY, "tailored", "synthetic", 2, tmp_path / "run")
+    for stage, needs in ((stages.teacher_prompting, "01_mistake_analysis for round 2"),
+                         (stages.mistake_analysis, "03_round_training for round 1"),
+                         (stages.round_training, "02_teacher_prompting for round 2"),
+                         (stages.evaluation, "03_round_training for round 2")):
+        with pytest.raises(rounds.MissingInput, match=f"run {needs} first"):
             stage(rnd)
     assert not rnd.dir.exists() or not any(rnd.dir.iterdir())
 
@@ -82,20 +84,20 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("L2R_DATA_DIR", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"task 'multiarith': its data is not reachable.*no run folder was made"):
-        pipeline.Round.open(TINY, "tailored", "multiarith", 1, tmp_path / "run", overrides={"tasks": ["multiarith"]})
+        stages.open_round(TINY, "tailored", "multiarith", 1, tmp_path / "run", overrides={"tasks": ["multiarith"]})
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="method 'nope'"):
-        pipeline.Round.open(TINY, "nope", "synthetic", 1, tmp_path / "run")
+        stages.open_round(TINY, "nope", "synthetic", 1, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     monkeypatch.setenv("L2R_DATA_DIR", str(tmp_path / "missing"))  # a named data folder that does not exist
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        pipeline.Round.open(TINY, "tailored", "synthetic", 1, tmp_path / "run")
+        stages.open_round(TINY, "tailored", "synthetic", 1, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_a_round_folder_is_shown_relative_to_the_working_folder_or_the_results_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("L2R_RESULTS", str(tmp_path / "store" / "results"))
-    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 1)  # run_dir None: <results>/tiny
+    rnd = stages.open_round(TINY, "tailored", "synthetic", 1)  # run_dir None: <results>/tiny
     monkeypatch.chdir(tmp_path)
     assert rnd.shown_dir == "store/results/tiny/tailored/synthetic/round-1"
     (tmp_path / "elsewhere").mkdir()
@@ -134,15 +136,15 @@ def test_keep_share_is_kept_records_over_records():
 
 
 def test_round_0_tests_the_untrained_student_alone_and_tabulates_as_round_0(tmp_path):
-    from l2r_lib import tables, views
+    from l2r_lib.report import tables
 
-    rnd = pipeline.Round.open(TINY, "tailored", "synthetic", 0, tmp_path / "run")
+    rnd = stages.open_round(TINY, "tailored", "synthetic", 0, tmp_path / "run")
     assert rnd.stages == ("04_evaluation",)
-    summary = pipeline.evaluation(rnd)  # no adapter, no teacher, no training: nothing to require
+    summary = stages.evaluation(rnd)  # no adapter, no teacher, no training: nothing to require
     assert summary["questions"] == 16 and not (rnd.dir / "adapter").exists()
     metrics = json.loads((rnd.dir / "metrics.json").read_text())
     assert metrics["round"] == 0 and metrics["accuracy"] == summary["accuracy"] and metrics["teacher_requests"] == 0
-    assert pipeline.fixed_and_broken(rnd) == ([], [])
+    assert views.fixed_and_broken(rnd) == ([], [])
     assert "untrained student" in views.evaluation_settings(rnd) and "round 0" in views.changes(rnd)
     collected = tables.collect_metrics(rnd.run_dir)
     assert list(tables.by_round_table(collected).columns) == ["round 0"]

@@ -303,17 +303,18 @@ def test_a_cache_from_before_the_batch_api_counts_its_attempts_live(tmp_path):
 def test_the_pipeline_keeps_the_batch_with_the_round_and_reports_the_batch_price(server, tmp_path):
     import pandas as pd
 
-    from l2r_lib import pipeline
+    from l2r_lib import rounds
+    from l2r_lib.run import stages
     from l2r_lib.config import load_config
-    from l2r_lib.tables import teacher_table
+    from l2r_lib.report.tables import teacher_table
 
     fake = server()
     cfg = load_config(TESTS.parent / "params" / "tiny.yaml", overrides={
         "methods": ["std-cot"], "train_limit": 6, "teacher.kind": "openai", "teacher.model": "fake",
         "teacher.base_url": fake.url, "teacher.mode": "batch", "teacher.batch_poll_s": 0.02, "teacher.n": 1})
-    rnd = pipeline.Round(cfg, tmp_path, "std-cot", "synthetic", 1)
-    estimate = pipeline.teacher_estimate(rnd)
-    done = pipeline.teacher_prompting(rnd)
+    rnd = rounds.Round(cfg, tmp_path, "std-cot", "synthetic", 1)
+    estimate = stages.teacher_estimate(rnd)
+    done = stages.teacher_prompting(rnd)
     assert (rnd.dir / STATE_FILE).is_file() and fake.stats.creates == 1
     assert (done["usage_requests"], done["usage_batched"]) == (6, 6)
     live = _live_price(cfg.teacher, fake.stats.prompt_tokens, fake.stats.completion_tokens)

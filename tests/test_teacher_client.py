@@ -17,7 +17,7 @@ from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher
 from l2r_lib.teacher.cache import CacheDamagedError, TeacherCache
 from l2r_lib.teacher.client import RateLimiter, TeacherRequestError
-from l2r_lib.teacher.data import save_round
+from l2r_lib.teacher import save_round
 from teacher_fixtures import DUMMY_KEY, files_containing
 
 EXAMPLES = load_examples("synthetic", "train")[:60]

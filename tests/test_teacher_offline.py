@@ -15,9 +15,10 @@ from l2r_lib.teacher.teachers import (
     reference_rationales,
 )
 from l2r_lib.teacher.data import (
-    export_official, export_official_mistakes, filter_records, import_official, import_official_mistakes, keep_stats,
-    make_record, normalize_question, save_round,
+    export_official, export_official_mistakes, filter_records, import_official, import_official_mistakes,
+    keep_stats, make_record, normalize_question,
 )
+from l2r_lib.teacher import save_round
 from l2r_lib.teacher.prompts import feedback_messages, parse_output, rationale_messages, templates
 from teacher_fixtures import needs_data
 

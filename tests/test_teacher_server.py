@@ -18,7 +18,7 @@ from l2r_lib.config import TeacherConfig
 from l2r_lib.tasks import load_examples
 from l2r_lib.teacher import build_teacher
 from l2r_lib.teacher.cache import TeacherCache
-from l2r_lib.teacher.data import save_round
+from l2r_lib.teacher import save_round
 from teacher_fixtures import DUMMY_KEY, files_containing, start_llama_server
 
 pytestmark = pytest.mark.slow

@@ -52,7 +52,7 @@ def test_views_keep_their_prompt_under_gradient_checkpointing():
     """transformers' checkpointing drops a cache in training mode; ``checkpointing_with_cache``
     keeps it: the views' states and gradients equal those without checkpointing."""
     from l2r_lib.student import build_tiny_student, output_cache
-    from l2r_lib.training import checkpointing_with_cache, continuation_hidden, prompt_cache
+    from l2r_lib.training.trainer import checkpointing_with_cache, continuation_hidden, prompt_cache
 
     g = torch.Generator().manual_seed(1)
     P, R = 6, 5

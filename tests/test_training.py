@@ -14,14 +14,17 @@ import torch
 
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import ExamRecord, TeacherRecord, save_jsonl
-from l2r_lib.reflection import IGNORE_INDEX, REPRESENTATIONS, weighted_mle_loss
+from l2r_lib.training.losses import IGNORE_INDEX, REPRESENTATIONS, weighted_mle_loss
 from l2r_lib.student import build_tiny_student, load_tokenizer, output_cache
 from l2r_lib.tasks import load_examples
-from l2r_lib.batches import MAX_NEGATIVES, QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
-from l2r_lib.training import (
-    LOSS_COLUMNS, ReflectionTrainer, build_student, continuation_hidden, load_trained_student, prompt_cache, read_losses,
-    train_round, training_arguments,
+from l2r_lib.training.batches import (
+    MAX_NEGATIVES, QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features,
 )
+from l2r_lib.training.trainer import (
+    LOSS_COLUMNS, ReflectionTrainer, build_student, continuation_hidden, prompt_cache, training_arguments,
+)
+from l2r_lib.student import load_trained_student
+from l2r_lib.training import RoundInputs, read_losses, train_round
 
 TINY = StudentConfig(name="tiny", chat=False)
 
@@ -269,7 +272,7 @@ def test_gradient_reaches_the_positive_and_negative_views(tmp_path, tokenizer):
     """The triplet term's gradient through the positive view alone, and through the negative view
     alone (the other two held constant), reaches every LoRA weight with ``reflection_grad: all``
     (the default); with ``anchor`` neither view carries any gradient."""
-    from l2r_lib.reflection import triplet_loss
+    from l2r_lib.training.losses import triplet_loss
 
     assert TrainConfig().reflection_grad == "all" and TrainConfig().representation == "eos"
     model = tiny_lora()
@@ -337,7 +340,7 @@ def test_the_trainers_loss_is_the_weighted_loss_of_the_full_logits(tmp_path, tok
 def test_thirty_steps_lower_mle_and_triplet(tmp_path):
     teacher, exams = make_records(4)  # 8 rows, 6 with a triplet; batches of 4: 2 steps an epoch
     cfg = TrainConfig(epochs=15, batch_size=4, lr=1e-2, warmup_ratio=0.0, lora_dropout=0.0, save_steps=0)
-    result = train_round(teacher, exams, cfg, TINY, tmp_path / "round1", resume=False)
+    result = train_round(RoundInputs(teacher, exams, cfg, TINY, tmp_path / "round1"), resume=False)
     rows = read_losses(result.losses_csv)
     assert result.steps == 30 and [r["step"] for r in rows] == list(range(1, 31))
     first, last = rows[:6], rows[-6:]  # three epochs each
@@ -373,7 +376,7 @@ def test_four_bit_trains_and_saves_an_adapter_that_reloads(tmp_path, tokenizer):
     student = StudentConfig(name=str(tmp_path / "tiny"), load_in_4bit=True, dtype="float32", chat=False)
     teacher, exams = make_records(4)
     cfg = TrainConfig(epochs=1.5, batch_size=4, lr=1e-2, save_steps=0)
-    result = train_round(teacher, exams, cfg, student, tmp_path / "round1", resume=False)
+    result = train_round(RoundInputs(teacher, exams, cfg, student, tmp_path / "round1"), resume=False)
     assert result.steps == 3 and (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert len(read_losses(result.losses_csv)) == 3
 
@@ -386,7 +389,7 @@ def test_four_bit_trains_and_saves_an_adapter_that_reloads(tmp_path, tokenizer):
         torch.testing.assert_close(loaded[k].float(), saved[k].float())
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # trained, not the zero init
 
-    again = train_round(teacher, exams, cfg, student, tmp_path / "round1")  # a finished round returns at once
+    again = train_round(RoundInputs(teacher, exams, cfg, student, tmp_path / "round1"))  # a finished round returns at once
     assert again.skipped and again.steps == 3
 
 
@@ -394,7 +397,7 @@ def test_four_bit_trains_and_saves_an_adapter_that_reloads(tmp_path, tokenizer):
 def test_round_two_starts_from_round_one_adapter(tmp_path):
     teacher, exams = make_records(4)
     cfg = TrainConfig(epochs=1.0, batch_size=4, lr=1e-2, save_steps=0)
-    first = train_round(teacher, exams, cfg, TINY, tmp_path / "round1", use_reflection=False)
+    first = train_round(RoundInputs(teacher, exams, cfg, TINY, tmp_path / "round1", use_reflection=False))
     assert all(r["triplet"] == 0.0 and r["d_pos"] != r["d_pos"] for r in read_losses(first.losses_csv))  # no distances: NaN
     second_records, _ = make_records(2, round_idx=2)
     model, _ = build_student(TINY, cfg, init_adapter=first.adapter_dir)
@@ -403,8 +406,8 @@ def test_round_two_starts_from_round_one_adapter(tmp_path):
     for k, v in trained.state_dict().items():
         if "lora" in k:
             torch.testing.assert_close(start[k], v)
-    second = train_round(teacher + second_records, exams, cfg, TINY, tmp_path / "round2",
-                         init_adapter=first.adapter_dir, round_idx=2)
+    second = train_round(RoundInputs(teacher + second_records, exams, cfg, TINY, tmp_path / "round2",
+                                     init_adapter=first.adapter_dir, round_idx=2))
     assert second.steps == 2  # 4 rows of round 2 but only 2 questions: batches of 2
 
 
@@ -414,12 +417,12 @@ RUNNER = textwrap.dedent("""
     from pathlib import Path
     from l2r_lib.config import StudentConfig, TrainConfig
     from l2r_lib.records import ExamRecord, TeacherRecord, load_jsonl
-    from l2r_lib.training import train_round
+    from l2r_lib.training import RoundInputs, train_round
     torch.set_num_threads(1)
     d = Path(sys.argv[1])
     cfg = TrainConfig(epochs=2.5, batch_size=4, lr=1e-2, save_steps=3, save_total_limit=1)
-    r = train_round(load_jsonl(TeacherRecord, d / "teacher.jsonl"), load_jsonl(ExamRecord, d / "exam.jsonl"), cfg,
-                    StudentConfig(name="tiny", chat=False), d / sys.argv[2])
+    r = train_round(RoundInputs(load_jsonl(TeacherRecord, d / "teacher.jsonl"), load_jsonl(ExamRecord, d / "exam.jsonl"),
+                                cfg, StudentConfig(name="tiny", chat=False), d / sys.argv[2]))
     print("RESULT", r.steps, r.resumed_from_step)
 """)
 
@@ -508,7 +511,7 @@ def test_an_incomplete_checkpoint_is_moved_aside_and_the_rerun_finishes(tmp_path
     teacher, exams = make_records(8)  # 4 steps an epoch
     cfg = TrainConfig(epochs=1.0, batch_size=4, lr=1e-2, save_steps=2, save_total_limit=None)
     out = tmp_path / "round1"
-    train_round(teacher, exams, cfg, TINY, out)
+    train_round(RoundInputs(teacher, exams, cfg, TINY, out))
     for name in ("adapter", "result.yaml"):  # as if killed right after writing checkpoint-4
         path = out / name
         path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
@@ -519,7 +522,7 @@ def test_an_incomplete_checkpoint_is_moved_aside_and_the_rerun_finishes(tmp_path
     else:
         (broken / "trainer_state.json").unlink()
     with caplog.at_level("WARNING", logger="l2r_lib.training"):
-        result = train_round(teacher, exams, cfg, TINY, out)
+        result = train_round(RoundInputs(teacher, exams, cfg, TINY, out))
     assert result.steps == 4 and result.resumed_from_step == 2
     assert (out / "checkpoint-4.incomplete").is_dir() and not broken.with_name("checkpoint-4.incomplete").exists()
     assert any("checkpoint-4" in m and "incomplete" in m for m in caplog.messages), caplog.messages
@@ -534,7 +537,7 @@ def test_no_complete_checkpoint_starts_over_and_keeps_the_broken_ones(tmp_path):
     (out / "checkpoints" / "checkpoint-1").mkdir(parents=True)
     (out / "checkpoints" / "checkpoint-1" / "rng_state.pth").write_bytes(b"PK\x03")
     (out / "checkpoint-1.incomplete").mkdir()  # from an earlier failure: kept too
-    result = train_round(teacher, exams, cfg, TINY, out)
+    result = train_round(RoundInputs(teacher, exams, cfg, TINY, out))
     assert result.steps == 2 and result.resumed_from_step is None
     assert (out / "checkpoint-1.incomplete").is_dir() and (out / "checkpoint-1.incomplete-2" / "rng_state.pth").is_file()
 
@@ -543,7 +546,7 @@ def test_training_dtype_follows_the_precision_setting_and_a_4bit_students_comput
     """QLoRA trains in the compute dtype of its 4-bit weights, although peft's preparation upcasts the other
     weights to fp32; ``train.precision`` names it outright (the official full fine-tuning: fp16 autocast
     over fp32 weights)."""
-    from l2r_lib.training import training_dtype
+    from l2r_lib.training.trainer import training_dtype
 
     fp32_model = torch.nn.Linear(2, 2)
     assert training_dtype(TrainConfig(), StudentConfig(dtype="float32"), fp32_model) == torch.float32
@@ -554,7 +557,7 @@ def test_training_dtype_follows_the_precision_setting_and_a_4bit_students_comput
 
 
 def test_the_official_schedule_warms_up_for_fixed_steps_then_stays_constant(tmp_path):
-    from l2r_lib.training import training_arguments
+    from l2r_lib.training.trainer import training_arguments
 
     args = training_arguments(TrainConfig(lr_schedule="constant", warmup_steps=100, weight_decay=0.01), tmp_path, 0, torch.float32)
     schedule = lambda a: getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)

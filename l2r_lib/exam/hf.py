@@ -1,4 +1,4 @@
-"""The exam: the student answers a split with chain-of-thought, in batches, and is graded.
+"""The hf engine of the exam (``exam.engine: hf``): ``transformers`` ``generate`` in this process.
 
 Batches are sorted by prompt length and left-padded. On a CPU (``exam.cache: dynamic``)
 ``generate`` runs in chunks of a few tokens over one KV cache; between chunks, rows that have
@@ -11,43 +11,20 @@ Greedy answers are the same either way.
 
 from __future__ import annotations
 
-import json
-import re
 import time
-from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 from tqdm import tqdm  # text bars: the same in a terminal, a notebook and papermill logs
 from transformers import (DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache, StoppingCriteria,
                           StoppingCriteriaList)
 
-from .answers import extract_answer, question_options
-from .config import ExamConfig
-from .cpu import share as share_cpu
-from .prompts import ANSWER_PREFIX, build_prompt, demos_for, split_completion
-from .records import ExamRecord, save_jsonl
-from .student import cache_kwarg, output_cache
-from .tasks import Example, get_task
-
-# A finished answer line ("\nAnswer: 12\n"), or the model starting a new question.
-_DONE_RE = re.compile(rf"{ANSWER_PREFIX}[^\n]*\S[^\n]*\n|\nQuestion:")
-
-
-def trim_completion(text: str) -> str:
-    """Cut generated text after its answer line (or before a hallucinated next question)."""
-    m = _DONE_RE.search(text)
-    if m is None:
-        return text.strip()
-    end = m.start() if m.group(0) == "\nQuestion:" else m.end()
-    return text[:end].strip()
-
-
-def is_done(text: str) -> bool:
-    """Has this generated text finished its answer line (or started a new question)?"""
-    return _DONE_RE.search(text) is not None
-
+from ..config import ExamConfig
+from ..cpu import share as share_cpu
+from ..records import ExamRecord
+from ..student import cache_kwarg, output_cache
+from ..tasks import Example
+from .grading import ExamResult, exam_prompts, exam_record, is_done, trim_completion
 
 @lru_cache(maxsize=4)
 def _newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -74,32 +51,6 @@ class AnswerLineStop(StoppingCriteria):
         for row in (r for r, t in enumerate(last) if t in self.newlines and not self.done[r]):
             self.done[row] = is_done(self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True))
         return self.done.clone()
-
-
-@dataclass
-class ExamResult:
-    records: list[ExamRecord]
-    generated_tokens: int
-    seconds: float
-
-    @property
-    def accuracy(self) -> float:
-        """Share of questions answered correctly (greedy; with samples, the first sample)."""
-        return sum(r.correct[0] for r in self.records) / max(len(self.records), 1)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.generated_tokens / max(self.seconds, 1e-9)
-
-    def mistakes(self) -> list[ExamRecord]:
-        return [r for r in self.records if not r.correct[0]]
-
-    def summary(self) -> dict:
-        return {
-            "questions": len(self.records), "accuracy": self.accuracy, "mistakes": len(self.mistakes()),
-            "generated_tokens": self.generated_tokens, "seconds": round(self.seconds, 2),
-            "tokens_per_s": round(self.tokens_per_s, 1),
-        }
 
 
 def cache_kind(cfg: ExamConfig, model: PreTrainedModel) -> str:
@@ -179,25 +130,7 @@ def _generate_dynamic(model, tokenizer, ids, mask, cfg: ExamConfig, sample: dict
         mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
 
 
-def exam_record(ex: Example, prompt: str, texts: list[str], task: str) -> ExamRecord:
-    """One question's record from its trimmed completions: answers extracted and graded (both engines)."""
-    answers = [extract_answer(t, get_task(task).answer_kind, question_options(ex.question)) for t in texts]
-    return ExamRecord(
-        id=ex.id, question=ex.question, gold=ex.answer, prompt=prompt,
-        rationales=[split_completion(t) for t in texts], answers=answers,
-        correct=[get_task(task).check(a, ex.answer) for a in answers], completions=texts,
-    )
-
-
-def exam_prompts(examples: list[Example], tokenizer: PreTrainedTokenizerBase, task: str, cfg: ExamConfig,
-                 chat: bool, num_demos: int) -> tuple[list[Example], list[str]]:
-    """The questions an exam asks (the first ``cfg.limit``) and their prompts, for either engine."""
-    examples = examples[: cfg.limit] if cfg.limit else examples
-    demos = demos_for(task, num_demos)
-    return examples, [build_prompt(ex.question, tokenizer, chat=chat, demos=demos) for ex in examples]
-
-
-def run_exam(
+def run_exam_hf(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
@@ -208,11 +141,7 @@ def run_exam(
     seed: int = 0,
     progress: bool = True,
 ) -> ExamResult:
-    """Grade the student on ``examples``; records come back in the examples' order."""
-    if cfg.engine == "vllm":
-        from .exam_vllm import run_exam_vllm
-
-        return run_exam_vllm(model, tokenizer, examples, task, cfg, chat, num_demos, seed, progress)
+    """``exam.run_exam`` with ``generate`` in this process."""
     examples, prompts = exam_prompts(examples, tokenizer, task, cfg, chat, num_demos)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: -lengths[i])  # longest first: OOM shows early
@@ -235,11 +164,3 @@ def run_exam(
     bar.close()
     model.train(was_training)
     return ExamResult([records[i] for i in range(len(examples))], total_tokens, time.perf_counter() - start)
-
-
-def save_exam(result: ExamResult, out_dir: str | Path, name: str = "exam") -> Path:
-    """``<name>.jsonl`` (one record a question) and ``<name>.summary.json`` in ``out_dir``."""
-    out_dir = Path(out_dir)
-    path = save_jsonl(result.records, out_dir / f"{name}.jsonl")
-    (out_dir / f"{name}.summary.json").write_text(json.dumps(result.summary(), indent=2))
-    return path

@@ -5,10 +5,10 @@ the one the project's training stack uses, and its CPU wheel brings CUDA builds 
 torchaudio and torchcodec that break imports next to a CPU torch. An extra would force that pin on
 everyone; a project-wide ``transformers`` range would tie training to vLLM's release cycle. So
 ``make install-vllm`` builds the environment once under ``~/.cache/l2r/vllm-venv`` (or
-``$L2R_VLLM_VENV``), and the exam runs :mod:`l2r_lib.vllm_worker` there as a subprocess that reads
+``$L2R_VLLM_VENV``), and the exam runs :mod:`l2r_lib.exam.vllm_worker` there as a subprocess that reads
 prompt token ids and writes generated token ids (JSON files in a temporary folder).
 
-This side does everything else with the hf engine's own helpers: prompts, tokenization, decoding,
+This side does everything else with the helpers both engines share (``grading``): prompts, tokenization, decoding,
 trimming, answer extraction and grading, so both engines write the same records. The round's
 LoRA adapter goes to vLLM as a ``LoRARequest``; where vLLM's class for the architecture has no
 LoRA support (GPT-J), the adapter is merged into a copy of the model with peft and that is served.
@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import ExamConfig
-from .exam import _DONE_RE, ExamResult, exam_prompts, exam_record, trim_completion
-from .prompts import ANSWER_PREFIX
-from .tasks import Example
+from ..config import ExamConfig
+from ..prompts import ANSWER_PREFIX
+from ..tasks import Example
+from .grading import _DONE_RE, ExamResult, exam_prompts, exam_record, trim_completion
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The vLLM side of ``exam.engine: vllm``: a script run by the vLLM environment's own Python.
 
-    <vllm-venv>/bin/python l2r_lib/vllm_worker.py request.json
+    <vllm-venv>/bin/python l2r_lib/exam/vllm_worker.py request.json
 
 It imports only the standard library and vLLM (never ``l2r_lib``, whose pins it does not share),
 generates token ids for the request's prompt token ids, and writes them to ``request["out"]``.
-The stop rule comes from the request (``exam._DONE_RE``), so the two engines share one definition.
+The stop rule comes from the request (``exam.grading._DONE_RE``), so the two engines share one definition.
 vLLM stops on literal strings only, so the rule runs as checkpoints: generate until the answer
 prefix, then until the end of that line, and stop a sample once the rule matches its text (or it
 ends with EOS or runs out of tokens). Each step after the first continues from the sample's own

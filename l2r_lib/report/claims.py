@@ -12,9 +12,9 @@ run's wall time and its trainings'), or the name of a table in ``results/RUN/tab
 ``l2r tables`` and ``l2r run`` rewrite the blocks of the runs they touched; ``stale_blocks`` finds a block
 whose text differs from what its files give now (``tests/test_claims.py``).
 
-    python -m l2r_lib.claims refresh            # rewrite every block
-    python -m l2r_lib.claims check              # list stale blocks (exit 1 if any)
-    python -m l2r_lib.claims history RUN...     # write RUN/HISTORY.md from its manifests
+    python -m l2r_lib.report.claims refresh            # rewrite every block
+    python -m l2r_lib.report.claims check              # list stale blocks (exit 1 if any)
+    python -m l2r_lib.report.claims history RUN...     # write RUN/HISTORY.md from its manifests
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paths
+from .. import paths
+from .tables import collect_metrics, round_intervals
 
 BLOCK = re.compile(r"<!-- l2r:(?P<kind>[a-z][a-z0-9_-]*) (?P<target>\S+) -->(?P<body>.*?)<!-- /l2r -->", re.S)
 HISTORY = "HISTORY.md"  # a run folder that holds it is kept as history; one without it is current
@@ -50,8 +51,6 @@ def _count(value) -> str:
 
 def render_rounds(run: Path) -> str:
     """Per (method, task, round) of a run: what the README says of its rounds, from ``tables``' functions."""
-    from .tables import collect_metrics, round_intervals
-
     metrics = collect_metrics(run)
     if metrics.empty:
         raise FileNotFoundError(f"no round metrics under {run}; run `l2r tables --results {run}` after a round")
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in args[1:]:
             print(f"wrote {write_history(Path(run).resolve(), root)}")
         return 0
-    print(__doc__.split("    python -m", 1)[0].strip() + "\n\nusage: python -m l2r_lib.claims refresh | check | "
+    print(__doc__.split("    python -m", 1)[0].strip() + "\n\nusage: python -m l2r_lib.report.claims refresh | check | "
           "history RUN...", file=sys.stderr)
     return 2
 

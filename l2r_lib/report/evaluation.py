@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import arithmetic
-from .records import ExamRecord
-from .tasks import get_task
+from .. import arithmetic
+from ..records import ExamRecord
+from ..tasks import get_task
 
 # What each error type measured: no answer found; a false "a op b = c" step found by the
 # arithmetic checker; a wrong number with every checked step true (a wrong plan, or reasoning

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import METHODS
+from ..config import METHODS
 from .tables import round_intervals
 
 # fonts a reader can read where a figure of several panels is shown at the page's width

@@ -1,6 +1,6 @@
 """What the four notebooks show of one round: the settings of its step, one worked example, its curves.
 
-Each view takes the notebook's ``pipeline.Round`` and reads what the round has saved, so a cell is
+Each view takes the notebook's ``Round`` and reads what the round has saved, so a cell is
 one call whether its stage ran just now or earlier. A view with nothing to show (a round without an
 exam, without triplets, round 1's comparison with a previous round) returns one line saying so.
 Only ``triplet_example`` runs a model: the round's starting and trained students on one triplet.
@@ -13,12 +13,20 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import pipeline
-from .evaluation import error_type, first_false_claim
-from .figures import add_caption
+import torch
+
+from ..records import ExamRecord, TeacherRecord, load_jsonl
+from ..rounds import BASELINE_ROUND, Round, load_exam, load_teacher_round, teacher_records
+from ..student import is_trained_model
+from ..tasks import get_task
+from ..teacher.cache import TeacherCache, request_key
+from ..teacher.prompts import feedback_messages, rationale_messages
+from ..training.batches import ReflectionDataset, build_features
+from ..training.losses import REPRESENTATIONS, cosine_distance
+from . import evaluation
+from .evaluation import error_type, examples_table, first_false_claim, side_by_side
+from .figures import add_caption, plot_losses
 from .tables import bootstrap_interval, correct_by_id, run_caption
-from .records import ExamRecord, TeacherRecord
-from .tasks import get_task
 
 WIDTH = 100  # characters a printed line of an example wraps at
 
@@ -39,18 +47,18 @@ def _wrap(label: str, text: str | None) -> str:
     return f"{label}:\n    " + "\n    ".join(lines)
 
 
-def _starting_student(rnd: pipeline.Round) -> str:
+def _starting_student(rnd: Round) -> str:
     return "the base student" if rnd.round_idx == 1 else f"round {rnd.round_idx - 1}'s adapter"
 
 
-def caption(rnd: pipeline.Round) -> str:
+def caption(rnd: Round) -> str:
     """The run's caption for figures: the run, the student and who wrote the teacher's rationales."""
     return run_caption(rnd.run_dir)
 
 
 # --- 01 mistake analysis ------------------------------------------------------------------------
 
-def exam_settings(rnd: pipeline.Round) -> str:
+def exam_settings(rnd: Round) -> str:
     """This round's exam on the train split, with the values of this run's config."""
     if not rnd.takes_exam:
         return (f"{rnd.method} round {rnd.round_idx} takes no exam: it trains no triplet loss, and round 1 "
@@ -71,11 +79,11 @@ def exam_settings(rnd: pipeline.Round) -> str:
     ])
 
 
-def a_mistake(rnd: pipeline.Round) -> str:
+def a_mistake(rnd: Round) -> str:
     """One mistake of this round's exam: the question, the student's wrong rationale, its error type."""
     if not rnd.takes_exam:
         return f"{rnd.method} round {rnd.round_idx} takes no exam: no mistake to show."
-    exam = pipeline.load_exam(rnd)
+    exam = load_exam(rnd)
     if not exam:
         return f"the exam of {rnd.where} has not run: no mistake to show."
     for r in exam:
@@ -94,7 +102,7 @@ def a_mistake(rnd: pipeline.Round) -> str:
 
 # --- 02 teacher prompting -----------------------------------------------------------------------
 
-def teacher_settings(rnd: pipeline.Round) -> str:
+def teacher_settings(rnd: Round) -> str:
     """Who the teacher is this round, what it is asked, and which of its rationales are kept."""
     t, spec, kind = rnd.cfg.teacher, rnd.spec, rnd.teacher_kind
     if rnd.round_idx == 1:
@@ -113,8 +121,8 @@ def teacher_settings(rnd: pipeline.Round) -> str:
     ])
 
 
-def _student_answer(rnd: pipeline.Round, record: TeacherRecord) -> str | None:
-    exam = {r.id: r for r in pipeline.load_exam(rnd) or []}.get(record.id)
+def _student_answer(rnd: Round, record: TeacherRecord) -> str | None:
+    exam = {r.id: r for r in load_exam(rnd) or []}.get(record.id)
     if exam is None:
         return None
     for rationale, answer in zip(exam.rationales, exam.answers):
@@ -123,10 +131,8 @@ def _student_answer(rnd: pipeline.Round, record: TeacherRecord) -> str | None:
     return None
 
 
-def teacher_messages(rnd: pipeline.Round, record: TeacherRecord) -> list[dict]:
+def teacher_messages(rnd: Round, record: TeacherRecord) -> list[dict]:
     """The chat messages an openai teacher is sent for ``record`` (rebuilt with ``teacher.prompts``)."""
-    from .teacher.prompts import feedback_messages, rationale_messages
-
     kind = get_task(rnd.task).answer_kind
     if record.prompt_kind == "feedback":
         gold = record.gold if rnd.cfg.teacher.show_gold else None
@@ -135,10 +141,8 @@ def teacher_messages(rnd: pipeline.Round, record: TeacherRecord) -> list[dict]:
     return rationale_messages(record.question, kind)
 
 
-def _was_sent(rnd: pipeline.Round, messages: list[dict]) -> bool:
+def _was_sent(rnd: Round, messages: list[dict]) -> bool:
     """Is this exact request (sample 0) in the run's teacher cache, i.e. was it sent to the endpoint?"""
-    from .teacher.cache import TeacherCache, request_key
-
     path = rnd.teacher_cache
     if not path.is_file():
         return False
@@ -147,10 +151,10 @@ def _was_sent(rnd: pipeline.Round, messages: list[dict]) -> bool:
     return key in TeacherCache(path)
 
 
-def teacher_exchange(rnd: pipeline.Round, index: int = 0) -> str:
+def teacher_exchange(rnd: Round, index: int = 0) -> str:
     """The ``index``-th teacher record of this round: the exact prompt, the answer received, kept or dropped."""
     path = rnd.dir / f"teacher_round{rnd.round_idx}.jsonl"
-    records = pipeline.load_teacher_round(rnd) if path.is_file() else []
+    records = load_teacher_round(rnd) if path.is_file() else []
     if not records:
         return f"{rnd.method} round {rnd.round_idx} asked the teacher nothing (no question to ask about)."
     r = records[min(index, len(records) - 1)]
@@ -182,7 +186,7 @@ def teacher_exchange(rnd: pipeline.Round, index: int = 0) -> str:
 
 # --- 03 round training --------------------------------------------------------------------------
 
-def objective(rnd: pipeline.Round) -> str:
+def objective(rnd: Round) -> str:
     """This round's loss, with the values of this run's config."""
     t = rnd.cfg.train
     lines = [f"w = train.prompt_weight = {t.prompt_weight} (MLE weight of prompt tokens; rationale and answer weigh 1)"]
@@ -223,22 +227,20 @@ class TripletExample:
                           self.distances.to_string(float_format="{:.4f}".format)])
 
 
-def _no_triplet(rnd: pipeline.Round) -> str | None:
+def _no_triplet(rnd: Round) -> str | None:
     """Why the round has no triplet at all (before any model is loaded), or None."""
     if not rnd.uses_reflection:
         return f"{rnd.method} trains no triplet loss: no triplet to show."
-    if not any(r.round_idx == rnd.round_idx for r in pipeline.teacher_records(rnd)):
+    if not any(r.round_idx == rnd.round_idx for r in teacher_records(rnd)):
         return f"round {rnd.round_idx} has no kept teacher rationale: it trained nothing, no triplet."
     return None
 
 
-def first_triplet_row(rnd: pipeline.Round, tokenizer) -> dict | str:
+def first_triplet_row(rnd: Round, tokenizer) -> dict | str:
     """The first training row of the round with a positive and a negative, as the first epoch sees it
     (``ReflectionDataset``), or why there is none."""
-    from .batches import ReflectionDataset, build_features
-
-    records = pipeline.teacher_records(rnd)
-    features = build_features(records, pipeline.load_exam(rnd), tokenizer, rnd.cfg.train, rnd.cfg.student,
+    records = teacher_records(rnd)
+    features = build_features(records, load_exam(rnd), tokenizer, rnd.cfg.train, rnd.cfg.student,
                               rnd.round_idx, rnd.task)
     rows = ReflectionDataset(features)
     for i, f in enumerate(features):
@@ -250,10 +252,6 @@ def first_triplet_row(rnd: pipeline.Round, tokenizer) -> dict | str:
 
 def _representation(model, prompt_ids: list[int], view_ids: list[int], representation: str):
     """(H,) representation of ``view_ids`` (ending with its eos) continuing ``prompt_ids``."""
-    import torch
-
-    from .reflection import REPRESENTATIONS
-
     ids = torch.tensor([prompt_ids + view_ids], device=model.device)
     span = torch.zeros_like(ids, dtype=torch.bool)
     span[0, len(prompt_ids):] = True
@@ -264,20 +262,16 @@ def _representation(model, prompt_ids: list[int], view_ids: list[int], represent
 
 def triplet_distances(model, row: dict, representation: str) -> tuple[float, float]:
     """d(a, p) and d(a, n) of one training row under ``model`` (eval mode, no dropout)."""
-    from .reflection import cosine_distance
-
     anchor, positive, negative = (_representation(model, row["prompt_ids"], ids, representation)
                                   for ids in (row["target_ids"], row["positive_ids"], row["negative_ids"]))
     return float(cosine_distance(anchor, positive)), float(cosine_distance(anchor, negative))
 
 
-def triplet_example(rnd: pipeline.Round) -> TripletExample | str:
+def triplet_example(rnd: Round) -> TripletExample | str:
     """The round's first triplet, with d(a,p) and d(a,n) under the round's starting student (round k-1's
     adapter, or the base student) and under the adapter this round trained; one line when there is none."""
     if why := _no_triplet(rnd):
         return why
-    from .training import is_trained_model
-
     for adapter in (rnd.previous_adapter, rnd.dir / "adapter"):
         if adapter is not None and not is_trained_model(adapter):
             return (f"{adapter.parent.name}'s adapter is not here (adapters are not committed; `l2r run` trains "
@@ -295,12 +289,12 @@ def triplet_example(rnd: pipeline.Round) -> TripletExample | str:
         table.append({"student": name, "d(a,p)": d_pos, "d(a,n)": d_neg,
                       "max(0, d(a,p) − d(a,n) + m)": max(0.0, d_pos - d_neg + t.margin)})
     text = lambda ids: tokenizer.decode(ids[:-1]).strip()  # without the appended eos
-    question = next(r.question for r in pipeline.teacher_records(rnd) if r.id == row["question_id"])
+    question = next(r.question for r in teacher_records(rnd) if r.id == row["question_id"])
     return TripletExample(question, text(row["target_ids"]), text(row["positive_ids"]), text(row["negative_ids"]),
                           t.margin, pd.DataFrame(table).set_index("student"))
 
 
-def round_losses(rnd: pipeline.Round) -> pd.DataFrame:
+def round_losses(rnd: Round) -> pd.DataFrame:
     """This round's ``losses.csv`` with its method, task and round (the columns ``plot_losses`` reads)."""
     path = rnd.dir / "losses.csv"
     if not path.is_file():
@@ -308,7 +302,7 @@ def round_losses(rnd: pipeline.Round) -> pd.DataFrame:
     return pd.read_csv(path).assign(method=rnd.method, task=rnd.task, round=rnd.round_idx)
 
 
-def plot_distances(rnd: pipeline.Round):
+def plot_distances(rnd: Round):
     """d(a,p) and d(a,n) of the training batches over this round's steps; one line when none were logged."""
     import matplotlib.pyplot as plt
 
@@ -332,68 +326,72 @@ def plot_distances(rnd: pipeline.Round):
 
 # --- 04 evaluation ------------------------------------------------------------------------------
 
-def evaluation_settings(rnd: pipeline.Round) -> str:
+def evaluation_settings(rnd: Round) -> str:
     """The test exam of this round and how accuracy and its interval are computed."""
     return "\n".join([
         f"exam:     {len(rnd.examples('test'))} test questions, greedy decoding, "
-        + ("the untrained student (round 0: the baseline every round starts from)" if rnd.round_idx == pipeline.BASELINE_ROUND
+        + ("the untrained student (round 0: the baseline every round starts from)" if rnd.round_idx == BASELINE_ROUND
            else f"round {rnd.round_idx}'s adapter"),
         "accuracy: acc = (1/N) Σ_q 1[ŷ_q = y_q]; 95% interval: percentile bootstrap over the test questions",
     ])
 
 
-def accuracies(rnd: pipeline.Round) -> str:
+def accuracies(rnd: Round) -> str:
     """Test accuracy with its 95% interval after the previous round and after this one."""
     lines = []
     for k in range(max(0, rnd.round_idx - 1), rnd.round_idx + 1):
-        exam = pipeline.load_exam(pipeline.Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k), "exam_test")
+        exam = load_exam(Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k), "exam_test")
         if exam:
             correct = correct_by_id(exam)
             lo, hi = bootstrap_interval(correct)
-            when = "of the untrained student (round 0)" if k == pipeline.BASELINE_ROUND else f"after round {k}"
+            when = "of the untrained student (round 0)" if k == BASELINE_ROUND else f"after round {k}"
             lines.append(f"test accuracy {when} = {sum(correct) / len(correct):.1%}, "
                          f"95% interval [{lo:.1%}, {hi:.1%}], {len(correct)} questions")
     return "\n".join(lines)
 
 
-def changes(rnd: pipeline.Round) -> str:
+def changes(rnd: Round) -> str:
     """How many test questions this round fixed and broke, and the net change."""
-    if rnd.round_idx == pipeline.BASELINE_ROUND:
+    if rnd.round_idx == BASELINE_ROUND:
         return "round 0: the untrained student, the baseline the rounds are compared with."
     if not (rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl").is_file():
         return f"round {rnd.round_idx}: no test exam of round {rnd.round_idx - 1} to compare with (a run made before round 0)."
-    fixed, broken = pipeline.fixed_and_broken(rnd)
+    fixed, broken = fixed_and_broken(rnd)
     return (f"since round {rnd.round_idx - 1}: fixed {len(fixed)}, broke {len(broken)}, "
             f"net {len(fixed) - len(broken):+d} test questions")
 
 
+def fixed_and_broken(rnd: Round) -> tuple[list[ExamRecord], list[ExamRecord]]:
+    """Test questions fixed and broken since the previous round (none in round 0, nor in a round 1 of a run
+    made before round 0 was tested)."""
+    now = load_exam(rnd, "exam_test") or []
+    before = rnd.round_dir(rnd.round_idx - 1) / "exam_test.jsonl"
+    if rnd.round_idx == BASELINE_ROUND or not before.is_file():
+        return [], []
+    return evaluation.fixed_and_broken(load_jsonl(ExamRecord, before), now)
+
+
 def answers_table(records: list[ExamRecord], what: str, n: int = 3) -> pd.DataFrame | str:
     """A few test answers (``examples_table``), or one line when there are none."""
-    from .evaluation import examples_table
-
     return examples_table(records, n=n) if records else f"no question {what}."
 
 
-def student_vs_teacher(rnd: pipeline.Round, n: int = 3) -> pd.DataFrame | str:
+def student_vs_teacher(rnd: Round, n: int = 3) -> pd.DataFrame | str:
     """The student's wrong rationale next to what the teacher wrote about it (rounds that show it one)."""
-    from .evaluation import side_by_side
-
     path = rnd.dir / f"teacher_round{rnd.round_idx}.jsonl"
-    records = [r for r in (pipeline.load_teacher_round(rnd) if path.is_file() else []) if r.student_rationale]
+    records = [r for r in (load_teacher_round(rnd) if path.is_file() else []) if r.student_rationale]
     if not records:
         return f"round {rnd.round_idx} of {rnd.method} shows the teacher no student rationale."
     return side_by_side(records, n=n)
 
 
-def plot_round_losses(rnd: pipeline.Round):
+def plot_round_losses(rnd: Round):
     """MLE (and triplet) loss per step of this method's rounds 1..k on this task, this round last;
     one line when this round trained no step."""
-    from .figures import plot_losses
-
     if round_losses(rnd).empty:
         print(f"{rnd.where} trained no step (no losses.csv): nothing to plot.")
         return None
-    rounds = [round_losses(pipeline.Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k))
+    rounds = [round_losses(Round(rnd.cfg, rnd.run_dir, rnd.method, rnd.task, k))
               for k in range(1, rnd.round_idx + 1)]
     return plot_losses(rnd.run_dir, losses=pd.concat([r for r in rounds if not r.empty], ignore_index=True),
                        caption=caption(rnd))

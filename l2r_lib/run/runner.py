@@ -5,28 +5,30 @@
 with its done marker is never run again, so a rerun redoes nothing and a rerun after a crash
 resumes where it stopped (the teacher cache and the training checkpoints cover a stage that died
 half-way). Methods that compute the same round 1 (and so the same round-2 exam) run it once. A run
-directory has one writer at a time (``run_lock``): a second ``l2r run`` on it is refused. The
-manifest written beside the config traces every number back to its code, data and prompts.
+directory has one writer at a time (``lock``): a second ``l2r run`` on it is refused. The
+manifest written beside the config (``folder``) traces every number back to its code, data and prompts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from . import paths, run_lock, versions
-from .config import RunConfig, load_config, save_config
-from .methods import get_method
-from .pipeline import BASELINE_ROUND, Round, round_training
+from .. import paths
+from ..config import RunConfig, load_config
+from ..methods import get_method
+from ..redaction import redact
+from ..report.write import write_tables
+from ..rounds import BASELINE_ROUND, Round
+from ..training import read_losses
+from . import lock
+from .folder import prepare_run
+from .stages import round_training
 
 
 def round1_donor(cfg: RunConfig, run_dir: Path, method: str, task: str) -> str | None:
@@ -120,65 +122,12 @@ def share_exam(rnd: Round, donor: str) -> None:
     (rnd.dir / "01_mistake_analysis.done.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def prepare_run(params: str | Path, out: str | Path | None = None, overrides: dict | None = None,
-                fix: str = "use another --out or name") -> tuple[RunConfig, Path]:
-    """Resolve the params (and ``overrides``) into ``<run_dir>/config.yaml`` and write the manifest;
-    ``fix`` is what the error for a run directory that holds another config advises."""
-    cfg = load_config(params, overrides)
-    run_dir = Path(out) if out else paths.results_dir() / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    if config_path.is_file():
-        saved = load_config(config_path)
-        if saved.computation() == cfg.computation():  # a machine setting may differ (RunConfig.computation)
-            if saved != cfg:
-                save_config(cfg, config_path)  # the notebooks read config.yaml: the new value takes effect
-            return cfg, run_dir
-        if not _extends(saved, cfg):
-            changed = _changed_keys(saved.to_dict(), cfg.to_dict())
-            raise ValueError(f"{config_path} holds a different config than {params} ({', '.join(changed)} differ); "
-                             f"a run grows only by appending methods or tasks: {fix}")
-        # More methods or tasks, all else equal: what has run stays valid, the run grows.
-        save_config(cfg, config_path)
-        record = json.loads((run_dir / "manifest.json").read_text())
-        record.setdefault("extended", []).append({"params_file": shown_path(params), "git_commit": _git_commit(),
-                                                  "methods": cfg.methods, "tasks": cfg.tasks})
-        record["config"] = cfg.to_dict()
-        record["method_declarations"] = {m: dataclasses.asdict(get_method(m)) for m in cfg.methods}
-        (run_dir / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
-        return cfg, run_dir
-    save_config(cfg, config_path)
-    (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, params), indent=2) + "\n")
-    return cfg, run_dir
-
-
-def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    out = []
-    for key in a.keys() | b.keys():
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _changed_keys(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}")
-    return sorted(out)
-
-
-def _extends(saved: RunConfig, cfg: RunConfig) -> bool:
-    """``cfg`` is ``saved`` with methods or tasks appended (same order for those already there)."""
-    grown = dataclasses.replace(cfg, methods=saved.methods, tasks=saved.tasks)
-    return (grown.computation() == saved.computation() and cfg.methods[: len(saved.methods)] == saved.methods
-            and cfg.tasks[: len(saved.tasks)] == saved.tasks)
-
-
 def restore_adapter(rnd: Round) -> None:
     """Train a finished round's adapter again when it is missing: adapters are not committed, so a
     fresh clone of a half-done study has each round's data but not its weights. Training reads
     only saved files (teacher records, exam) with the run's seed: no teacher call, same adapter.
     The round's record (marker, losses, configs) stays the original one; the retrained loss curve
     is checked against it, and kept beside it as ``losses.restored.csv`` where they part."""
-    from .training import read_losses
-
     marker = rnd.dir / "03_round_training.done.json"
     if (rnd.dir / "adapter").is_dir() or not marker.is_file():
         return
@@ -230,9 +179,7 @@ def run_pipeline(params: str | Path, out: str | Path | None = None, progress: bo
     ``progress``: the notebooks' own output (exam, teacher and training progress) streams to the terminal."""
     import papermill as pm
 
-    from .tables import write_tables
-
-    run_lock.hold(Path(out) if out else paths.results_dir() / load_config(params, overrides).name, for_children=True)
+    lock.hold(Path(out) if out else paths.results_dir() / load_config(params, overrides).name, for_children=True)
     cfg, run_dir = prepare_run(params, out, overrides)
     for task in cfg.tasks:  # a task finishes every method before the next starts: a study fills its table task by task
         for method in cfg.methods:
@@ -333,58 +280,9 @@ class StageFailed(RuntimeError):
     """A notebook stage raised: one line with the stage, the round, the error and the notebook to open."""
 
     def __init__(self, stage: str, rnd: Round, error: Exception):
-        from .redaction import redact
-
         name, value = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
         last = " ".join(redact(f"{name}: {value}").split())
         super().__init__(f"stage {stage} of {rnd.method}/{rnd.task}/round-{rnd.round_idx} failed: {last}; "
                          f"see {Path(rnd.shown_dir) / f'{stage}.ipynb'}")  # never the machine's path
 
 
-def manifest(cfg: RunConfig, params: str | Path) -> dict:
-    """What a reader needs to trace every number back: params, versions, commit, data hashes, prompts."""
-    from .teacher.prompts import templates
-
-    t = cfg.teacher
-    feedback = t.feedback_kind or t.kind
-    return {
-        "run": cfg.name, "params_file": shown_path(params), "config": cfg.to_dict(), "student": cfg.student.name,
-        "teacher_model": t.model if "openai" in (t.kind, feedback) else None,
-        "teacher_description": t.describe(),
-        "git_commit": _git_commit(), "python": platform.python_version(),
-        "packages": versions.installed(), "lock": versions.check(),  # what it ran with; against constraints/reproduce.txt
-        "data_files": _data_hashes(cfg), "prompt_templates": templates(),
-        "method_declarations": {m: dataclasses.asdict(get_method(m)) for m in cfg.methods},
-    }
-
-
-def shown_path(path: str | Path) -> str:
-    """A path as a record shows it: relative to the checkout or the working folder when inside one
-    (records travel between machines), else as given."""
-    resolved = Path(path).expanduser().resolve()
-    for root in (paths.REPO_ROOT, Path.cwd()):
-        if resolved.is_relative_to(root.resolve()):
-            return str(resolved.relative_to(root.resolve()))
-    return str(path)
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _data_hashes(cfg: RunConfig) -> dict[str, str]:
-    root = paths.data_dir(cfg.data_dir)
-    if root is None:
-        return {}
-    wanted = {"gsm8k": "gsm8k", "multiarith": "multiarith", "svamp": "svamp", "csqa": "csqa", "strategyqa": "strategyqa"}
-    out = {}
-    for task in cfg.tasks:
-        if task not in wanted:
-            continue
-        for f in sorted((root / wanted[task]).glob("*")) + sorted((root / "recorded_teacher").glob(f"{task}.*")):
-            out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-    return out

@@ -1,6 +1,7 @@
 """The teacher of step 2: three teachers behind one interface, and their parts.
 
-- ``teachers``: the teachers, ``build_teacher`` and the reference teacher's rationale writing;
+- ``teachers``: the teachers, ``build_teacher``, the reference teacher's rationale writing and
+  ``save_round`` (a round's records, usage, per-request costs and the prompt text, in one folder);
 - ``prompts``: the chat prompts (rationale and feedback) and the parsing of a reply;
 - ``client``: the async OpenAI-compatible client (concurrency, rate limits, retries, cost);
 - ``batch``: the same requests as an OpenAI Batch API job, resumable from its state file;
@@ -44,6 +45,6 @@ the text. The kinds:
   wrote it.
 """
 
-from .teachers import Mistake, Teacher, build_teacher, mistakes_from_exam
+from .teachers import Mistake, Teacher, build_teacher, mistakes_from_exam, save_round
 
-__all__ = ["Mistake", "Teacher", "build_teacher", "mistakes_from_exam"]
+__all__ = ["Mistake", "Teacher", "build_teacher", "mistakes_from_exam", "save_round"]

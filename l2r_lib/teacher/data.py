@@ -1,4 +1,4 @@
-"""Teacher data after the teacher: parsing into records, gold filtering, saving and the official format.
+"""Teacher data after the teacher: parsing into records, gold filtering and the official format.
 
 - ``make_record``: a teacher output -> ``TeacherRecord`` (rationale and answer split by the task's
   checker; ``kept`` when the answer matches the gold one).
@@ -7,7 +7,6 @@
 - ``export_official`` / ``import_official``: the official code's ``{question: [rationale, ...]}``
   JSON (Raibows/Learn-to-Reason), where a rationale ends "Therefore, the answer is X."; the same
   shape holds student mistakes (``export_official_mistakes``).
-- ``save_round``: a round's records, usage, per-request costs and the prompt text, in one folder.
 """
 
 from __future__ import annotations
@@ -16,14 +15,11 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-from ..records import ExamRecord, TeacherRecord, save_jsonl
+from ..records import ExamRecord, TeacherRecord
 from ..tasks import Example, get_task
-from .prompts import parse_output, save_templates
-
-if TYPE_CHECKING:
-    from .teachers import Teacher
+from .prompts import parse_output
 
 OFFICIAL_ANSWER = "Therefore, the answer is {answer}."  # how the official data ends a rationale
 
@@ -83,20 +79,6 @@ def keep_stats(records: list[TeacherRecord]) -> dict:
             "keep_share": sum(per_q.values()) / len(records) if records else 0.0,
             "questions_kept_share": kept / n if n else 0.0, "failed_records": sum(r.failed is not None for r in records),
             "questions_failed": len({r.id for r in records if r.failed is not None})}
-
-
-def save_round(out_dir: str | Path, round_idx: int, records: list[TeacherRecord], teacher: "Teacher") -> Path:
-    """``teacher_round<k>.jsonl`` (every record, with ``kept``), ``.usage.json``, ``.requests.jsonl`` and
-    ``teacher_prompts.json`` (the exact templates) under ``out_dir``."""
-    out = Path(out_dir)
-    stem = out / f"teacher_round{round_idx}"
-    save_jsonl(records, stem.with_suffix(".jsonl"))
-    save_jsonl(teacher.last_requests, stem.with_suffix(".requests.jsonl"))
-    summary = {"round_idx": round_idx, "teacher": teacher.name, "round": teacher.last_usage.to_dict(),
-               "run_so_far": teacher.usage.to_dict(), **keep_stats(records)}
-    stem.with_suffix(".usage.json").write_text(json.dumps(summary, indent=2) + "\n")
-    save_templates(out / "teacher_prompts.json")
-    return stem.with_suffix(".jsonl")
 
 
 # --- the official code's format ---------------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from pathlib import Path
@@ -11,13 +12,13 @@ from pathlib import Path
 from .. import paths
 from ..arithmetic import computed_results, first_false_claim
 from ..config import TeacherConfig
-from ..records import ExamRecord, TeacherRecord
+from ..records import ExamRecord, TeacherRecord, save_jsonl
 from ..tasks import Example, get_task, read_jsonl
 from .batch import STATE_FILE, BatchClient
 from .cache import TeacherCache
 from .client import ChatClient, ChatRequest, CostEstimate, Usage
-from .data import make_record, mark_kept, normalize_question, normalize_rationale
-from .prompts import feedback_messages, rationale_messages
+from .data import keep_stats, make_record, mark_kept, normalize_question, normalize_rationale
+from .prompts import feedback_messages, rationale_messages, save_templates
 
 Mistake = tuple[Example, str, str | None]  # (question, the student's wrong rationale, its answer)
 
@@ -342,6 +343,20 @@ def describe_mistake(rationale: str, answer: str | None, gold: str) -> str:
 
 
 # --- construction -----------------------------------------------------------------------------
+
+def save_round(out_dir: str | Path, round_idx: int, records: list[TeacherRecord], teacher: Teacher) -> Path:
+    """``teacher_round<k>.jsonl`` (every record, with ``kept``), ``.usage.json``, ``.requests.jsonl`` and
+    ``teacher_prompts.json`` (the exact templates) under ``out_dir``."""
+    out = Path(out_dir)
+    stem = out / f"teacher_round{round_idx}"
+    save_jsonl(records, stem.with_suffix(".jsonl"))
+    save_jsonl(teacher.last_requests, stem.with_suffix(".requests.jsonl"))
+    summary = {"round_idx": round_idx, "teacher": teacher.name, "round": teacher.last_usage.to_dict(),
+               "run_so_far": teacher.usage.to_dict(), **keep_stats(records)}
+    stem.with_suffix(".usage.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_templates(out / "teacher_prompts.json")
+    return stem.with_suffix(".jsonl")
+
 
 def build_teacher(cfg: TeacherConfig, task: str, cache_path: str | Path, kind: str | None = None,
                   data_dir: str | Path | None = None, progress: bool = True, scope: str = "",

@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from .config import StudentConfig, TrainConfig
-from .prompts import build_prompt, demos_for, format_target
-from .records import ExamRecord, TeacherRecord
-from .reflection import IGNORE_INDEX
+from ..config import StudentConfig, TrainConfig
+from ..prompts import build_prompt, demos_for, format_target
+from ..records import ExamRecord, TeacherRecord
+from .losses import IGNORE_INDEX
 
 MAX_POSITIVES = 10  # distinct teacher rationales per question and round that positives are drawn from (official cl_pos_num)
 MAX_NEGATIVES = 4  # distinct wrong exam samples per question that negatives are drawn from (official cl_neg_num)

@@ -1,21 +1,20 @@
 """Round training under ``accelerate launch``: several processes (DDP), or an accelerate config (FSDP, DeepSpeed).
 
-``launch_round`` (called by ``training.train_round`` when ``train.processes > 1`` or
-``train.accelerate_config`` is set) saves the round's inputs in ``out_dir/launch/`` and runs::
+``launch_round`` (called by ``round.train_round`` when ``train.processes > 1`` or
+``train.accelerate_config`` is set) saves the round's inputs in ``out_dir/launch/`` (``RoundInputs.to_json``)
+and runs::
 
-    accelerate launch [--config_file F] [--multi_gpu --num_processes N] -m l2r_lib.train_worker out_dir/launch/spec.json
+    accelerate launch [--config_file F] [--multi_gpu --num_processes N] -m l2r_lib.training.launcher out_dir/launch/spec.json
 
 streaming its output (the progress lines) and raising with the tail of its log if it fails. Each
-process of that command runs ``training.fit_round`` on the same inputs. Always a subprocess, so
+process of that command runs ``trainer.fit_round`` on the same inputs. Always a subprocess, so
 it works from a notebook too (a kernel that has touched CUDA cannot host a launcher), and from
-``l2r run``: both go through ``pipeline.round_training``.
+``l2r run``: both go through ``run.stages.round_training``.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import json
 import os
 import re
 import socket
@@ -24,8 +23,9 @@ import sys
 from pathlib import Path
 
 
-from .config import StudentConfig, TrainConfig, from_dict
-from .records import ExamRecord, TeacherRecord, load_jsonl, save_jsonl
+from ..config import TrainConfig
+from .inputs import RoundInputs
+from .trainer import fit_round
 
 LOG_TAIL = 40  # lines of the worker's log an error quotes
 ERROR_LINE = re.compile(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception): ")  # a worker's exception, as torchrun prefixes it
@@ -62,29 +62,17 @@ def launch_command(cfg: TrainConfig, spec: Path) -> list[str]:
         # GPUs the workers' Trainer (use_cpu) joins them over gloo, with GPUs over nccl
         command += ["--multi_gpu", "--num_processes", str(cfg.processes), "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return command + ["-m", "l2r_lib.train_worker", str(spec)]
+    return command + ["-m", "l2r_lib.training.launcher", str(spec)]
 
 
-def launch_round(
-    teacher_records: list[TeacherRecord], exam_records: list[ExamRecord] | None, cfg: TrainConfig,
-    student_cfg: StudentConfig, out_dir: Path, init_adapter: str | Path | None, round_idx: int,
-    use_reflection: bool, seed: int, task: str | None, checkpoint: str | None,
-) -> None:
-    """``training.fit_round`` with these arguments, in every process of ``accelerate launch``."""
+def launch_round(inputs: RoundInputs) -> None:
+    """``trainer.fit_round(inputs)`` in every process of ``accelerate launch``."""
+    cfg, out_dir = inputs.train, inputs.out_dir
     folder = out_dir / "launch"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_jsonl(teacher_records, folder / "teacher.jsonl")
-    save_jsonl(exam_records or [], folder / "exam.jsonl")
-    spec = folder / "spec.json"
-    spec.write_text(json.dumps({
-        "train": dataclasses.asdict(cfg), "student": dataclasses.asdict(student_cfg), "out_dir": str(out_dir),
-        "init_adapter": str(init_adapter) if init_adapter else None, "round_idx": round_idx,
-        "use_reflection": use_reflection, "seed": seed, "task": task, "checkpoint": checkpoint,
-        "has_exam": exam_records is not None,
-    }, indent=2))
+    spec = inputs.to_json(folder)
     command = launch_command(cfg, spec)
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
-    package_root = str(Path(__file__).resolve().parents[1])  # the workers import this very l2r_lib
+    package_root = str(Path(__file__).resolve().parents[2])  # the workers import this very l2r_lib
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     with open(folder / "train.log", "w") as log, subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
@@ -101,20 +89,11 @@ def launch_round(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .training import fit_round
-
-    spec_path = Path((argv or sys.argv[1:])[0])
-    spec = json.loads(spec_path.read_text())
-    wanted, started = spec["train"]["processes"], int(os.environ.get("WORLD_SIZE", "1"))
+    inputs = RoundInputs.from_json(Path((argv or sys.argv[1:])[0]))
+    wanted, started = inputs.train.processes, int(os.environ.get("WORLD_SIZE", "1"))
     if wanted > 1 and started != wanted:
         raise RuntimeError(f"train.processes = {wanted} but accelerate launch started {started} process(es) together")
-    folder = spec_path.parent
-    exams = load_jsonl(ExamRecord, folder / "exam.jsonl") if spec["has_exam"] else None
-    fit_round(
-        load_jsonl(TeacherRecord, folder / "teacher.jsonl"), exams, from_dict(TrainConfig, spec["train"], "train"),
-        from_dict(StudentConfig, spec["student"], "student"), Path(spec["out_dir"]), spec["init_adapter"],
-        spec["round_idx"], spec["use_reflection"], spec["seed"], spec["task"], spec["checkpoint"],
-    )
+    fit_round(inputs)
 
 
 if __name__ == "__main__":

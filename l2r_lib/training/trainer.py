@@ -1,15 +1,9 @@
-"""One round of student training: weighted MLE + self-reflection, on ``transformers.Trainer``.
+"""The trainer of a round: weighted MLE + self-reflection on ``transformers.Trainer``.
 
-``train_round(teacher_records, exam_records, cfg, student_cfg, out_dir, ...)`` fine-tunes a LoRA
-adapter (QLoRA when ``student_cfg.load_in_4bit``) on the round's kept teacher rationales, the
-negatives being the student's wrong rationales from the exam taken before the round. Layout::
-
-    out_dir/adapter/          the final adapter (its presence marks the round finished)
-    out_dir/checkpoints/      Trainer checkpoints (resume picks the newest complete one)
-    out_dir/checkpoint-N.incomplete  a checkpoint that could not be resumed from, moved aside
-    out_dir/losses.csv        step, mle, triplet, total, lr, d_pos, d_neg (one row per optimizer step)
-    out_dir/train_config.yaml the resolved configuration of the round
-    out_dir/launch/           the round's inputs and log under ``accelerate launch`` (``train_worker``)
+``fit_round(inputs)`` fine-tunes a LoRA adapter (QLoRA when ``student.load_in_4bit``) on the round's
+kept teacher rationales, the negatives being the student's wrong rationales from the exam taken
+before the round, in this process (alone, or one of several under ``accelerate launch``);
+``round.train_round`` decides where it runs and resumes.
 
 With ``train.peft: none`` (full fine-tuning) ``adapter/`` holds the whole model instead. With
 ``train.processes > 1`` (DDP) or ``train.accelerate_config`` (DeepSpeed ZeRO-3, FSDP) the round runs
@@ -17,7 +11,8 @@ in ``accelerate launch``; ``train.batch_size`` stays the batch of all processes 
 an equal slice, and each divides its loss sums by the whole batch's counts, so N processes compute
 what one would.
 
-The rows and batches it trains on are ``batches``' (features, question sampler, collator).
+The rows and batches it trains on are ``batches``' (features, question sampler, collator); the
+losses are ``losses``'.
 
 Self-reflection defaults to the official code's objective: gradient through all three views,
 the representation at the eos appended to each, positives from the anchor's own round, negatives
@@ -36,29 +31,25 @@ import math
 import os
 import shutil
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.utils.checkpoint
 import yaml
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ..config import StudentConfig, TrainConfig
+from ..cpu import configure as configure_threads, share as share_cpu
+from ..student import cache_kwarg, compute_dtype_of, load_student, output_cache, peft_quietly
 from .batches import QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features
-from .checkpoints import last_complete_checkpoint
-from .config import StudentConfig, TrainConfig
-from .records import ExamRecord, TeacherRecord
-from .reflection import (
+from .inputs import RoundInputs
+from .losses import (
     IGNORE_INDEX, REPRESENTATIONS, chunked_mle_loss, cosine_distance, triplet_loss, weighted_mle_loss,
 )
-from .student import cache_kwarg, compute_dtype_of, load_student, output_cache
-from .cpu import configure as configure_threads, share as share_cpu
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +349,7 @@ def distance_summary(path: str | Path) -> dict[str, float | None]:
             "d_pos_last": pick(last, "d_pos"), "d_neg_last": pick(last, "d_neg")}
 
 
-def _truncate_losses(path: Path, last_step: int) -> None:
+def truncate_losses(path: Path, last_step: int) -> None:
     """Drop rows after ``last_step`` (logged by a run killed after its last checkpoint)."""
     if not path.exists():
         return
@@ -370,29 +361,6 @@ def _truncate_losses(path: Path, last_step: int) -> None:
 
 
 # --- a round ---------------------------------------------------------------------------------
-
-@dataclass
-class TrainResult:
-    adapter_dir: Path
-    steps: int  # optimizer steps of the round
-    losses_csv: Path
-    resumed_from_step: int | None = None  # global step of the checkpoint resumed from
-    skipped: bool = False  # the round had finished before: nothing was trained
-
-
-@contextlib.contextmanager
-def peft_quietly():
-    """peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing`` alias whenever it wraps a
-    model (a FutureWarning in every notebook): silenced at exactly those calls until peft moves on."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
-
-
-def is_trained_model(folder: str | Path) -> bool:
-    """Whether ``folder`` holds what ``train_round`` saves: a LoRA adapter, or a whole model (``train.peft: none``)."""
-    return (Path(folder) / "adapter_config.json").is_file() or (Path(folder) / "config.json").is_file()
-
 
 def build_student(student_cfg: StudentConfig, cfg: TrainConfig, init_adapter: Path | None = None, seed: int = 0):
     """(model, tokenizer): the student with a fresh LoRA adapter or ``init_adapter`` to go on training;
@@ -479,70 +447,14 @@ def training_arguments(
     )
 
 
-def train_round(
-    teacher_records: list[TeacherRecord],
-    exam_records: list[ExamRecord] | None,
-    cfg: TrainConfig,
-    student_cfg: StudentConfig,
-    out_dir: str | Path,
-    init_adapter: str | Path | None = None,
-    round_idx: int = 1,
-    use_reflection: bool = True,
-    resume: bool = True,
-    seed: int = 0,
-    task: str | None = None,
-) -> TrainResult:
-    """Train round ``round_idx`` from ``init_adapter`` (round k-1's ``out_dir/adapter``; None: fresh
-    LoRA) on its kept teacher records; ``exam_records``: the exam taken before this round (negatives).
-
-    A finished round (``out_dir/adapter`` exists) returns at once; otherwise training resumes from
-    the newest complete checkpoint in ``out_dir/checkpoints`` when ``resume`` (incomplete newer
-    ones are moved aside, see ``last_complete_checkpoint``). With ``train.processes > 1`` or
-    ``train.accelerate_config`` the training runs in ``accelerate launch`` (see ``train_worker``).
-    """
-    out_dir = Path(out_dir)
-    adapter_dir, losses_csv, result_file = out_dir / "adapter", out_dir / "losses.csv", out_dir / "result.yaml"
-    if is_trained_model(adapter_dir) and result_file.is_file():
-        done = yaml.safe_load(result_file.read_text())
-        return TrainResult(adapter_dir, int(done["steps"]), losses_csv, done.get("resumed_from_step"), skipped=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result_file.unlink(missing_ok=True)
-    checkpoint = last_complete_checkpoint(out_dir) if resume else None
-    if checkpoint is None:
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-        losses_csv.unlink(missing_ok=True)
-    else:
-        _truncate_losses(losses_csv, int(Path(checkpoint).name.split("-")[-1]))
-        log.info("resuming round %d from %s", round_idx, checkpoint)
-    args = (teacher_records, exam_records, cfg, student_cfg, out_dir, init_adapter, round_idx, use_reflection, seed, task, checkpoint)
-    if cfg.processes > 1 or cfg.accelerate_config:
-        from .train_worker import launch_round
-
-        launch_round(*args)
-    else:
-        fit_round(*args)
-    done = yaml.safe_load(result_file.read_text())
-    return TrainResult(adapter_dir, int(done["steps"]), losses_csv, done.get("resumed_from_step"))
-
-
-def fit_round(
-    teacher_records: list[TeacherRecord],
-    exam_records: list[ExamRecord] | None,
-    cfg: TrainConfig,
-    student_cfg: StudentConfig,
-    out_dir: Path,
-    init_adapter: str | Path | None,
-    round_idx: int,
-    use_reflection: bool,
-    seed: int,
-    task: str | None,
-    checkpoint: str | None,
-) -> None:
+def fit_round(inputs: RoundInputs) -> None:
     """The training of ``train_round`` in this process, one of several under ``accelerate launch``
-    or alone: from ``checkpoint`` (None: the start), writing ``out_dir/adapter`` and ``result.yaml``."""
+    or alone: from ``inputs.checkpoint`` (None: the start), writing ``out_dir/adapter`` and ``result.yaml``."""
+    cfg, student_cfg, out_dir, seed = inputs.train, inputs.student, inputs.out_dir, inputs.seed
+    round_idx, use_reflection, task, init_adapter = inputs.round_idx, inputs.use_reflection, inputs.task, inputs.init_adapter
     adapter_dir, losses_csv = out_dir / "adapter", out_dir / "losses.csv"
-    model, tokenizer = build_student(student_cfg, cfg, Path(init_adapter) if init_adapter else None, seed)
-    features = build_features(teacher_records, exam_records, tokenizer, cfg, student_cfg, round_idx, task)
+    model, tokenizer = build_student(student_cfg, cfg, init_adapter, seed)
+    features = build_features(inputs.teacher_records, inputs.exam_records, tokenizer, cfg, student_cfg, round_idx, task)
     compute_dtype = training_dtype(cfg, student_cfg, model)
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch
     if cfg.batch_size % processes:
@@ -572,7 +484,7 @@ def fit_round(
             raise RuntimeError(f"train.accelerate_config asks for {engine}, but accelerate runs {kind} here "
                                f"({'it runs FSDP only on GPUs; on CPUs use deepspeed-zero3-offload' if engine == 'FSDP' else 'check the config'})")
     trainer.remove_callback(PrinterCallback)  # with disable_tqdm it prints every log's raw dict: ProgressPrinter says it
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=inputs.checkpoint)
     state_dict = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # gathered from the shards: every process takes part
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
@@ -583,37 +495,8 @@ def fit_round(
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(adapter_dir, ignore_errors=True)
         os.replace(tmp, adapter_dir)
-        resumed_from = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
+        resumed_from = int(Path(inputs.checkpoint).name.split("-")[-1]) if inputs.checkpoint else None
         (out_dir / "result.yaml").write_text(yaml.safe_dump({"steps": trainer.state.global_step, "resumed_from_step": resumed_from}))
     trainer.accelerator.wait_for_everyone()
 
 
-def clear_round(out_dir: str | Path) -> None:
-    """Forget a round's training (adapter, checkpoints, losses), so that it trains again from its start."""
-    out_dir = Path(out_dir)
-    for name in ("adapter", "adapter.tmp", "checkpoints"):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in ("losses.csv", "result.yaml"):
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def load_trained_student(
-    student_cfg: StudentConfig, adapter_dir: str | Path, merge: bool = True
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) of a trained round for the next exam; LoRA merged unless 4-bit or ``merge=False``
-    (a whole model, ``train.peft: none``, loads as it is)."""
-    from peft import PeftModel
-
-    if not is_trained_model(adapter_dir):
-        raise FileNotFoundError(f"no adapter in {str(adapter_dir)!r}; train_round writes it to out_dir/adapter")
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():  # a whole model (train.peft: none)
-        model, tokenizer = load_student(str(adapter_dir), load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype,
-                                        use_kernels=student_cfg.use_kernels)
-        return model.eval(), tokenizer
-    model, tokenizer = load_student(student_cfg.name, load_in_4bit=student_cfg.load_in_4bit, dtype=student_cfg.dtype,
-                                    use_kernels=student_cfg.use_kernels)
-    with peft_quietly():
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-    if merge and not student_cfg.load_in_4bit:
-        model = model.merge_and_unload()
-    return model.eval(), tokenizer

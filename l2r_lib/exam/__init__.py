@@ -16,11 +16,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import ExamConfig
 from ..tasks import Example
-from .grading import ExamResult, save_exam
+from .grading import ExamResult, exam_prompts, save_exam
 from .hf import run_exam_hf
 from .vllm_engine import run_exam_vllm
 
-ENGINES = {"hf": run_exam_hf, "vllm": run_exam_vllm}  # exam.engine -> the function that runs the exam
+# exam.engine -> the function that answers the exam's prompts: (model, tokenizer, examples, prompts, task, cfg, seed,
+# progress) -> ExamResult
+ENGINES = {"hf": run_exam_hf, "vllm": run_exam_vllm}
 
 
 def run_exam(
@@ -34,8 +36,10 @@ def run_exam(
     seed: int = 0,
     progress: bool = True,
 ) -> ExamResult:
-    """Grade the student on ``examples`` with the engine ``cfg.engine``; records come back in the examples' order."""
-    return ENGINES[cfg.engine](model, tokenizer, examples, task, cfg, chat, num_demos, seed, progress)
+    """Grade the student on ``examples`` (the first ``cfg.limit``) with the engine ``cfg.engine``; records come
+    back in the examples' order."""
+    examples, prompts = exam_prompts(examples, tokenizer, task, cfg, chat, num_demos)
+    return ENGINES[cfg.engine](model, tokenizer, examples, prompts, task, cfg, seed, progress)
 
 
 __all__ = ["ENGINES", "ExamResult", "run_exam", "save_exam"]

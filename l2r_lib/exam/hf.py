@@ -24,7 +24,7 @@ from ..cpu import share as share_cpu
 from ..records import ExamRecord
 from ..student import cache_kwarg, output_cache
 from ..tasks import Example
-from .grading import ExamResult, exam_prompts, exam_record, is_done, trim_completion
+from .grading import ExamResult, exam_record, is_done, trim_completion
 
 @lru_cache(maxsize=4)
 def _newline_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -130,19 +130,9 @@ def _generate_dynamic(model, tokenizer, ids, mask, cfg: ExamConfig, sample: dict
         mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
 
 
-def run_exam_hf(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: list[Example],
-    task: str,
-    cfg: ExamConfig = ExamConfig(),
-    chat: bool = True,
-    num_demos: int = 0,
-    seed: int = 0,
-    progress: bool = True,
-) -> ExamResult:
-    """``exam.run_exam`` with ``generate`` in this process."""
-    examples, prompts = exam_prompts(examples, tokenizer, task, cfg, chat, num_demos)
+def run_exam_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], prompts: list[str],
+                task: str, cfg: ExamConfig, seed: int, progress: bool) -> ExamResult:
+    """``exam.run_exam``'s questions and prompts, answered with ``generate`` in this process."""
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: -lengths[i])  # longest first: OOM shows early
     # a static cache holds the longest prompt and its answer, a multiple of 64 for every batch alike

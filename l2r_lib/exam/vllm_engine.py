@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..config import ExamConfig
 from ..prompts import ANSWER_PREFIX
 from ..tasks import Example
-from .grading import _DONE_RE, ExamResult, exam_prompts, exam_record, trim_completion
+from .grading import _DONE_RE, ExamResult, exam_record, trim_completion
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,11 @@ def vllm_python() -> Path:
     return python
 
 
-def run_exam_vllm(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: list[Example],
-    task: str,
-    cfg: ExamConfig = ExamConfig(),
-    chat: bool = True,
-    num_demos: int = 0,
-    seed: int = 0,
-    progress: bool = True,
-) -> ExamResult:
-    """``exam.run_exam`` on vLLM: the same records; ``seconds`` counts generation, not engine start-up."""
+def run_exam_vllm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], prompts: list[str],
+                  task: str, cfg: ExamConfig, seed: int, progress: bool) -> ExamResult:
+    """``exam.run_exam``'s questions and prompts on vLLM: the same records; ``seconds`` counts generation,
+    not engine start-up."""
     python = vllm_python()
-    examples, prompts = exam_prompts(examples, tokenizer, task, cfg, chat, num_demos)
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     sampling = cfg.num_samples > 1
     request = {

@@ -79,7 +79,7 @@ def test_run_set_overrides_reach_the_run_config(tmp_path):
 
 
 def test_a_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
-    """No data for the task, or a method the params lack: Round.open stops before the run folder is made
+    """No data for the task, or a method the params lack: open_round stops before the run folder is made
     (no config.yaml, manifest.json or run.lock left behind), and says why."""
     monkeypatch.setenv("L2R_DATA_DIR", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()

@@ -77,3 +77,44 @@ def test_views_keep_their_prompt_under_gradient_checkpointing():
     assert torch.allclose(plain * mask[..., None], checkpointed * mask[..., None], atol=1e-6)
     assert torch.allclose(plain_grad, checkpointed_grad, atol=1e-6)
     assert plain_grad.abs().sum() > 0
+
+
+FREED_BELOW_A_LIVE_BLOCK = """
+import ctypes, sys
+sys.path.insert(0, {benchmarks!r})
+import train_memory
+if {live}:
+    assert train_memory.live_memory_only()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+MiB = 2**20
+def touched(n):
+    p = libc.malloc(n)
+    libc.memset(p, 1, n)
+    return p
+libc.free(touched(16 * MiB))  # a large block freed: glibc's mmap threshold rises to its size
+meter = train_memory.RssPeak()
+base = meter.rss()
+blocks = [touched(MiB) for _ in range(256)]
+pin = touched(MiB)  # lives above them on the heap
+for b in blocks:
+    libc.free(b)
+print((meter.rss() - base) // MiB)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="RSS is read from /proc")
+@pytest.mark.parametrize("live", [False, True])
+def test_the_cpu_meter_counts_what_lives_not_what_the_heap_kept(live):
+    """256 MiB freed under a block that lives: glibc's heap keeps it resident, so a peak RSS taken
+    after would count it; with ``live_memory_only`` (what the benchmark's CPU run sets) it is handed
+    back. A step frees and allocates like this layer after layer."""
+    import subprocess
+
+    code = FREED_BELOW_A_LIVE_BLOCK.format(benchmarks=str(Path(train_memory.__file__).parent), live=live)
+    kept = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    if live:
+        assert kept < 32, f"{kept} MiB of freed memory still resident"
+    else:
+        assert kept >= 200, f"glibc handed back all but {kept} MiB without live_memory_only: the check shows nothing here"

@@ -20,7 +20,8 @@ preset computes in 16 bits, so its figure over-states the activations (and RSS c
 process itself). On a CPU every allocation of 64 KiB or more is mapped on its own and handed back
 when freed (``live_memory_only``): glibc's heap otherwise keeps freed blocks, and the RSS then
 counted what earlier layers had freed (colab/gsm8k: 0.56 GiB a layer, 19.2 GiB extrapolated,
-against 0.07 GiB and 5.0 GiB with it; 0.065 GiB a layer is what the step saves for backward). The last line: ``peak: X.XX GiB (measured|extrapolated ...) target <= 13 GiB: ok|OVER``.
+against 0.07 GiB and 5.0 GiB with it; 0.065 GiB a layer is what the step saves for backward).
+The last line: ``peak: X.XX GiB (measured|extrapolated ...) target <= 13 GiB: ok|OVER``.
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ def main() -> int:
         raise SystemExit("--device cuda: no GPU visible here")
     run_cfg = load_config(cli.params, parse_sets(cli.set))
     gpu = torch.cuda.is_available()
-    live = not gpu and live_memory_only()
+    if not gpu and not live_memory_only():
+        print("glibc not found: the CPU's peak RSS may count freed heap memory", flush=True)
     real = full_layers(run_cfg.student.name)
     layers = cli.layers or ([real] if gpu else [2, 4])
     t, s = run_cfg.train, run_cfg.student
@@ -280,8 +282,7 @@ def main() -> int:
     else:
         peak = extrapolate(points, real)
         how = (f"extrapolated linearly from {', '.join(str(n) for n, _ in points)} to {real} layers"
-               f"{' on the CPU: fp32 compute where the preset says ' + s.dtype + ', so activations over-stated' if not gpu else ''}"
-               f"{'' if gpu or live else '; glibc not found: RSS may count freed heap memory'}")
+               f"{' on the CPU: fp32 compute where the preset says ' + s.dtype + ', so activations over-stated' if not gpu else ''}")
         print(f"per layer: {(points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]) / GIB:.3f} GiB", flush=True)
     print(f"peak: {peak / GIB:.2f} GiB ({how}) target <= {TARGET_GIB:g} GiB: {'ok' if peak <= TARGET_GIB * GIB else 'OVER'}")
     return 0

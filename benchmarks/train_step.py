@@ -21,9 +21,11 @@ Where the time goes, per device: the student's load time apart from the steps, s
 FLOPs over the step time, against the GPU's dense bf16 peak, or on a CPU against this CPU's own fp32
 matmul rate, measured here), and a ``torch.profiler`` top-10 of one MLE + reflection step. The
 *non-model share* is the part of that step not spent in the matrix products and attention kernels
-(the model's FLOPs): losses, softmaxes, copies, casts, masks and Python.
+(the model's FLOPs): losses, softmaxes, copies, casts, masks and Python. ``--full-logits`` times
+the MLE from the model's full (B, L, V) logits instead of a chunk of them at a time from the final
+hidden states (``ReflectionTrainer.chunked_loss``): the step as it was before the chunked loss.
 
-    python benchmarks/train_step.py [--steps 3] [--threads N] [--bf16] [--student small]
+    python benchmarks/train_step.py [--steps 3] [--threads N] [--bf16] [--student small] [--full-logits]
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def time_steps(trainer: ReflectionTrainer, batch: dict, steps: int) -> tuple[dic
 
 
 def report(model, tokenizer, teacher, exams, cfg: TrainConfig, student: StudentConfig, device: str, label: str,
-           steps: int, profile: bool, load_s: float) -> dict[str, float]:
+           steps: int, profile: bool, load_s: float, chunked_loss: bool = True) -> dict[str, float]:
     """Time and profile ``model``'s steps on the batch of ``teacher``/``exams`` and print the figures
     (one line per mode, the steady-state line, the profiler's top-10): (median s/step, warm-up loss)
     of each mode."""
@@ -183,6 +185,7 @@ def report(model, tokenizer, teacher, exams, cfg: TrainConfig, student: StudentC
             data_collator=ReflectionCollator(tokenizer.pad_token_id), train_cfg=cfg, use_reflection=True,
             batch_sampler=QuestionBatchSampler([f["question_id"] for f in features], BATCH),
         )
+        trainer.chunked_loss = chunked_loss
         times, flops, losses = time_steps(trainer, batch, steps)
         profiled = profile_step(trainer, batch) if profile else None
     tokens = int(batch["attention_mask"].sum())
@@ -214,6 +217,8 @@ def main() -> None:
                         help="also time the CPU in bf16 (default: where the CPU computes bf16 natively)")
     parser.add_argument("--student", choices=["smollm2", "small"], default="smollm2",
                         help="small: a random two-layer Llama with SmolLM2's vocabulary (the step is mostly not the model)")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="the MLE from the model's full logits, as before the chunked loss (for a before/after)")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the torch.profiler step")
     args = parser.parse_args()
     cpu.configure(args.threads)
@@ -234,7 +239,8 @@ def main() -> None:
         model.to(device).train()
         load_s = time.perf_counter() - loading
         label = f"{device} bf16" if student_dtype == "bfloat16" else device
-        per_step, losses = report(model, tokenizer, teacher, exams, cfg, student, device, label, args.steps, args.profile, load_s)
+        per_step, losses = report(model, tokenizer, teacher, exams, cfg, student, device, label, args.steps, args.profile, load_s,
+                                  chunked_loss=not args.full_logits)
         reflect = "MLE + refl. (grad all)"
         by_grad = {grad: per_step[f"MLE + refl. (grad {grad})"] / per_step["MLE only"] for grad in ("anchor", "all")}
         for grad, r in by_grad.items():

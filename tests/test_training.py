@@ -20,6 +20,7 @@ from l2r_lib.tasks import load_examples
 from l2r_lib.training.batches import (
     MAX_NEGATIVES, QuestionBatchSampler, ReflectionCollator, ReflectionDataset, build_features,
 )
+from l2r_lib.training import trainer as trainer_module
 from l2r_lib.training.trainer import (
     LOSS_COLUMNS, ReflectionTrainer, build_student, continuation_hidden, prompt_cache, training_arguments,
 )
@@ -317,20 +318,27 @@ def test_a_training_step_copies_nothing_to_the_host_and_the_log_reads_its_figure
 
 
 @pytest.mark.floor
-def test_the_trainers_loss_is_the_weighted_loss_of_the_full_logits(tmp_path, tokenizer):
-    """Training's loss, a chunk of logits at a time from the final hidden states, equals
-    ``weighted_mle_loss`` on the model's full (B, L, V) logits, and so do its LoRA gradients (1e-5)."""
+@pytest.mark.parametrize("chunked_loss", [True, False])
+def test_the_trainers_loss_is_the_weighted_loss_of_the_full_logits(tmp_path, tokenizer, monkeypatch, chunked_loss):
+    """Training's loss, a chunk of logits at a time from the final hidden states (or, with
+    ``chunked_loss`` off, from the model's full logits), equals ``weighted_mle_loss`` on the model's
+    full (B, L, V) logits, and so do its LoRA gradients (1e-5)."""
     model = tiny_lora().eval()
     feats, batch = cache_batch(tokenizer)
     cfg = TrainConfig(batch_size=4, lora_dropout=0.0)
     trainer = reflection_trainer(tmp_path, feats, cfg, model)
     trainer.use_reflection = False
+    trainer.chunked_loss = chunked_loss
+    calls = []
+    monkeypatch.setattr(trainer_module, "chunked_mle_loss",
+                        lambda *a, _f=trainer_module.chunked_mle_loss, **k: calls.append(1) or _f(*a, **k))
     lora = [p for n, p in model.named_parameters() if "lora" in n]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits
     weights = torch.where(batch["prompt_token"], cfg.prompt_weight, 1.0)
     results = [(loss, *torch.autograd.grad(loss, lora)) for loss in
                (weighted_mle_loss(logits, batch["labels"], weights), trainer.compute_loss(model, batch))]
+    assert len(calls) == chunked_loss
     for plain, chunked in zip(*results):
         torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
 

@@ -164,6 +164,10 @@ class ReflectionTrainer(Trainer):
     more, without gradient.
     """
 
+    # False: the MLE from the model's full (B, L, V) logits, as sharded and adapted output layers
+    # take it; benchmarks/train_step.py --full-logits times the step as it was before the chunked loss
+    chunked_loss = True
+
     def __init__(self, *args, train_cfg: TrainConfig, use_reflection: bool, batch_sampler: QuestionBatchSampler, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_cfg = train_cfg
@@ -213,7 +217,7 @@ class ReflectionTrainer(Trainer):
         # sharded model (ZeRO-3, FSDP) gathers its output layer only inside its own forward, and an
         # adapted or quantized one is no plain Linear: their logits come from the model's forward.
         head = base.get_output_embeddings()
-        chunked = type(head) is torch.nn.Linear and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        chunked = self.chunked_loss and type(head) is torch.nn.Linear and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
         out = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
             position_ids=inputs["position_ids"], use_cache=reflect, output_hidden_states=reflect or chunked,
